@@ -1,0 +1,26 @@
+//! fleetd: the fleet daemon, and the pieces of it that fleetctl shares.
+//!
+//! Layout:
+//! - [`schema`]: the `/fleet/v1` wire objects and the records kept in etcd.
+//! - [`registry`]: the typed registry over etcd (or memory), its watched cache.
+//! - [`client`]: the `FleetApi` trait with its HTTP and direct-registry clients.
+//! - With feature `daemon` (default): [`config`], [`engine`], [`agent`],
+//!   [`api`] and [`daemon`], which wires them together.
+
+pub mod client;
+pub mod registry;
+pub mod schema;
+
+#[cfg(feature = "daemon")]
+pub mod agent;
+#[cfg(feature = "daemon")]
+pub mod api;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod engine;
+
+/// The version fleetd and fleetctl report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,15 @@
+//! Test harness for fleet: real etcd servers, real systemd machines booted with
+//! `systemd-nspawn` from the host's own `/usr`, each in its own network namespace,
+//! and the clusters built from them. Contract suites and end-to-end scenarios live
+//! in `tests/tests/`.
+//!
+//! Layout:
+//! - [`etcd`]: start and stop a real etcd on free ports with a temporary data dir.
+//! - [`net`]: a bridge plus one network namespace per machine, with cut/heal.
+//! - [`machine`]: boot a systemd machine, reach its D-Bus, run commands in it.
+//! - [`util`]: free ports, waiting with deadlines, missing-tool errors.
+
+pub mod etcd;
+pub mod machine;
+pub mod net;
+pub mod util;
