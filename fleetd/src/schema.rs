@@ -159,13 +159,25 @@ impl From<UnitOption> for units::UnitOption {
 #[serde(deny_unknown_fields)]
 pub struct Unit {
     /// Where the unit is now, derived from the schedule and the agent's report.
-    #[serde(rename = "currentState", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "currentState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub current_state: Option<TargetState>,
     /// What the user asked for.
-    #[serde(rename = "desiredState", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "desiredState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub desired_state: Option<TargetState>,
     /// The machine the engine chose; empty for global and unscheduled units.
-    #[serde(rename = "machineID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "machineID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
     /// The unit name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -182,19 +194,35 @@ pub struct UnitState {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
     /// The reporting machine.
-    #[serde(rename = "machineID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "machineID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
     /// The unit name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// systemd's ActiveState.
-    #[serde(rename = "systemdActiveState", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "systemdActiveState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_active_state: String,
     /// systemd's LoadState.
-    #[serde(rename = "systemdLoadState", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "systemdLoadState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_load_state: String,
     /// systemd's SubState.
-    #[serde(rename = "systemdSubState", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "systemdSubState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_sub_state: String,
 }
 
@@ -208,7 +236,11 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// The machine's public IP.
-    #[serde(rename = "primaryIP", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "primaryIP",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub primary_ip: String,
 }
 
@@ -216,7 +248,11 @@ pub struct Machine {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitPage {
     /// Present when the page is full.
-    #[serde(rename = "nextPageToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub next_page_token: Option<String>,
     /// The units of this page.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -227,7 +263,11 @@ pub struct UnitPage {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitStatePage {
     /// Present when the page is full.
-    #[serde(rename = "nextPageToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub next_page_token: Option<String>,
     /// The states of this page.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -241,7 +281,11 @@ pub struct MachinePage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<Machine>,
     /// Present when the page is full.
-    #[serde(rename = "nextPageToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub next_page_token: Option<String>,
 }
 
@@ -393,8 +437,14 @@ mod tests {
     #[test]
     fn empty_pages_are_empty_objects() {
         assert_eq!(serde_json::to_string(&UnitPage::default()).unwrap(), "{}");
-        assert_eq!(serde_json::to_string(&UnitStatePage::default()).unwrap(), "{}");
-        assert_eq!(serde_json::to_string(&MachinePage::default()).unwrap(), "{}");
+        assert_eq!(
+            serde_json::to_string(&UnitStatePage::default()).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            serde_json::to_string(&MachinePage::default()).unwrap(),
+            "{}"
+        );
     }
 
     #[test]
@@ -418,7 +468,10 @@ mod tests {
             name: "x.service".into(),
             ..Unit::default()
         };
-        assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"name":"x.service"}"#);
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"name":"x.service"}"#
+        );
     }
 
     #[test]
@@ -450,7 +503,10 @@ mod tests {
     fn machine_ids_are_checked() {
         assert!("".parse::<MachineId>().is_err());
         assert!("a/b".parse::<MachineId>().is_err());
-        assert_eq!("0123456789abcdef".parse::<MachineId>().unwrap().short(), "01234567");
+        assert_eq!(
+            "0123456789abcdef".parse::<MachineId>().unwrap().short(),
+            "01234567"
+        );
         assert_eq!("abc".parse::<MachineId>().unwrap().short(), "abc");
     }
 }

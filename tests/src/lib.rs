@@ -4,11 +4,13 @@
 //! in `tests/tests/`.
 //!
 //! Layout:
+//! - [`cluster`]: etcd plus N machines running fleetd as a systemd service.
 //! - [`etcd`]: start and stop a real etcd on free ports with a temporary data dir.
 //! - [`net`]: a bridge plus one network namespace per machine, with cut/heal.
 //! - [`machine`]: boot a systemd machine, reach its D-Bus, run commands in it.
 //! - [`util`]: free ports, waiting with deadlines, missing-tool errors.
 
+pub mod cluster;
 pub mod etcd;
 pub mod machine;
 pub mod net;

@@ -1,1 +1,100 @@
-//! (being written)
+//! The HTTP API, `/fleet/v1` and its `/v1-alpha` alias, served over a
+//! [`RegistryClient`] as the original's `api/mux.go` is.
+//!
+//! The wire behaviour is the original's (fleet-reference.md §4): paths,
+//! methods, objects, status codes, messages, page tokens and the discovery
+//! document, with the bugs of §0 fixed (an invalid `desiredState` is a 400, a
+//! missing unit state a 404, a template cannot be activated on creation
+//! either, a refused PUT writes nothing).
+//!
+//! Layout:
+//! - `routes.rs`: one handler per resource, each matching the method itself.
+//! - `error.rs`: [`ApiError`], the one place where errors become statuses and
+//!   the `{"error":{"code","message"}}` body.
+//! - `page.rs`: [`PageToken`], the paging of every listing.
+//! - `serve.rs`: [`Listener`]s (unix, TCP, socket activation) and [`serve`],
+//!   the accept loops with graceful shutdown.
+//! - `discovery.json`: the discovery document served at `/discovery`.
+//!
+//! Around every route: the `Server: fleetd/<version>` header, a readiness
+//! gate (503 until fleetd can talk to etcd), and a body size limit.
+//! Unknown paths are a 404 with an empty message, `/` and the bare prefixes a
+//! 405. `GET /healthz` answers `ok` once the gate is open.
+
+mod error;
+mod page;
+mod routes;
+mod serve;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::SERVER;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+pub use error::{ApiError, UNAVAILABLE};
+pub use page::PageToken;
+pub use routes::{BODY_LIMIT, DISCOVERY, PREFIXES};
+pub use serve::{
+    DRAIN_DEADLINE, Listener, MAX_CONNECTIONS, bind_tcp, bind_unix, from_listen_fds, serve,
+    serve_with_deadline,
+};
+
+use crate::client::RegistryClient;
+use crate::registry::Kv;
+
+/// How the API is served.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Page size of every listing (`token_limit`, default 100); page tokens
+    /// must carry it. 0 is taken as 1.
+    pub token_limit: u16,
+    /// `true` while fleetd can talk to etcd (its machine is registered).
+    /// While it is `false`, every request is answered 503.
+    pub ready: watch::Receiver<bool>,
+}
+
+/// The API's router over `client`: both prefixes, `/`, `/healthz` and the
+/// 404 fallback, with the server header, the readiness gate and the body
+/// limit around all of them.
+pub fn router<K: Kv>(client: RegistryClient<K>, opts: ApiOptions) -> Router {
+    let state = Arc::new(routes::AppState {
+        client,
+        token_limit: opts.token_limit.max(1),
+    });
+    let server = HeaderValue::from_str(&format!("fleetd/{}", crate::VERSION))
+        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
+    routes::routes(state)
+        .layer(middleware::from_fn_with_state(opts.ready, readiness_gate))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(server, server_info))
+}
+
+/// Answers 503 while fleetd is not ready.
+async fn readiness_gate(
+    State(ready): State<watch::Receiver<bool>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    // Copy the flag out: the borrow must not be held across the await.
+    let is_ready = *ready.borrow();
+    if !is_ready {
+        return ApiError::unavailable().into_response();
+    }
+    next.run(req).await
+}
+
+/// Logs the request and adds the `Server` header to every answer.
+async fn server_info(State(server): State<HeaderValue>, req: Request, next: Next) -> Response {
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "API request");
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(SERVER, server);
+    res
+}

@@ -1,1 +1,621 @@
-//! (being written)
+//! [`EtcdKv`]: the [`Kv`] primitives over a real etcd, through the v3 gRPC API
+//! (`etcd-client`).
+//!
+//! - Every call is bounded by the request timeout, enforced here with
+//!   `tokio::time::timeout` on top of the channel's own per-request timeout,
+//!   because a call can also wait for a connection that never comes: a
+//!   partition surfaces as `Unavailable` instead of hanging. Watch streams
+//!   are the exception: once created they run until they end with an error
+//!   the consumer handles; HTTP/2 keep-alive pings (every 10 s while a stream
+//!   is open, the server's minimum being 5 s) break a dead connection.
+//! - `list` reads pages of 1000 keys, every page after the first at the
+//!   first page's revision, so the result is one consistent snapshot. If a
+//!   compaction overtakes it between pages it starts over (twice at most).
+//! - `keep_alive` opens a keep-alive stream for one refresh. `etcd-client`
+//!   consumes the first answer itself (and reports a missing lease), so a
+//!   second exchange on the same stream reads the granted TTL.
+//! - Watches ask for progress notifications and request one every 10 s, so
+//!   a quiet watch still reports the revision it has reached. A cancelled
+//!   watch ends its stream with `Compacted` when etcd says the start revision
+//!   is gone, `Unavailable` otherwise.
+//!
+//! Error mapping: transport failures, timeouts and the gRPC codes etcd uses
+//! for transient trouble (`Unavailable`, `DeadlineExceeded`, `Cancelled`,
+//! `Aborted`, `Internal`, `Unknown`, `ResourceExhausted`) are `Unavailable`;
+//! "required revision has been compacted" is `Compacted`; "requested lease
+//! not found" is `LeaseNotFound`; everything else (too many operations, a
+//! duplicate key in a transaction, a future revision) is `Rejected`.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client as ec;
+use tokio::time::{Instant, Interval};
+
+use super::kv::{
+    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
+};
+use super::{Error, Result, Revision};
+
+/// Keys per page when listing.
+const PAGE: usize = 1000;
+
+/// How often a watch asks for a progress notification.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// HTTP/2 keep-alive ping interval while a stream is open (etcd refuses
+/// pings more often than every 5 s).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The store over a real etcd. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct EtcdKv {
+    /// The gRPC client; cloned per call, which is cheap (it shares the channel).
+    client: ec::Client,
+    /// The bound on every request.
+    timeout: Duration,
+}
+
+impl fmt::Debug for EtcdKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdKv")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message-only cause, for failures etcd-client does not type.
+#[derive(Debug)]
+struct Msg(String);
+
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Msg {}
+
+/// gRPC status codes (as numbers: tonic is not a direct dependency).
+mod code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const ABORTED: i32 = 10;
+    pub const OUT_OF_RANGE: i32 = 11;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// Classify an etcd-client error. `Compacted` and `LeaseNotFound` come out
+/// with placeholder numbers; callers that know better fill them in.
+fn map_err(op: String, e: ec::Error) -> Error {
+    match &e {
+        ec::Error::GRpcStatus(status) => {
+            let c = i32::from(status.code());
+            let msg = status.message();
+            if c == code::OUT_OF_RANGE && msg.contains("compacted") {
+                return Error::Compacted {
+                    requested: 0,
+                    compact_revision: 0,
+                };
+            }
+            if c == code::NOT_FOUND && msg.contains("lease not found") {
+                return Error::LeaseNotFound(0);
+            }
+            let transient = [
+                code::CANCELLED,
+                code::UNKNOWN,
+                code::DEADLINE_EXCEEDED,
+                code::RESOURCE_EXHAUSTED,
+                code::ABORTED,
+                code::INTERNAL,
+                code::UNAVAILABLE,
+            ];
+            if transient.contains(&c) {
+                Error::Unavailable {
+                    op,
+                    source: Box::new(e),
+                }
+            } else {
+                Error::Rejected {
+                    op,
+                    source: Box::new(e),
+                }
+            }
+        }
+        ec::Error::LeaseKeepAliveError(msg) if msg.contains("lease not found") => {
+            Error::LeaseNotFound(0)
+        }
+        ec::Error::TransportError(_)
+        | ec::Error::IoError(_)
+        | ec::Error::WatchError(_)
+        | ec::Error::LeaseKeepAliveError(_)
+        | ec::Error::EndpointError(_)
+        | ec::Error::Internal(_) => Error::Unavailable {
+            op,
+            source: Box::new(e),
+        },
+        _ => Error::Rejected {
+            op,
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Fill in the lease a `LeaseNotFound` is about.
+fn with_lease(e: Error, lease: i64) -> Error {
+    match e {
+        Error::LeaseNotFound(_) => Error::LeaseNotFound(lease),
+        e => e,
+    }
+}
+
+/// Fill in the revision a `Compacted` is about.
+fn with_requested(e: Error, requested: i64) -> Error {
+    match e {
+        Error::Compacted {
+            compact_revision, ..
+        } => Error::Compacted {
+            requested,
+            compact_revision,
+        },
+        e => e,
+    }
+}
+
+fn convert_kv(kv: &ec::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (`\0`, meaning "no
+/// end", for the empty prefix), as etcd's `WithPrefix` computes it.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    for i in (0..prefix.len()).rev() {
+        if prefix[i] < 0xff {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The first key of the range of keys starting with `prefix` (etcd refuses
+/// an empty key, so the empty prefix starts at `\0`).
+fn prefix_start(prefix: &str) -> Vec<u8> {
+    if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.as_bytes().to_vec()
+    }
+}
+
+fn header_revision(h: Option<&ec::ResponseHeader>) -> i64 {
+    h.map_or(0, ec::ResponseHeader::revision)
+}
+
+impl EtcdKv {
+    /// Connect to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`). Every
+    /// request, and the connection itself, is bounded by `request_timeout`.
+    /// The connection is made lazily: an unreachable etcd shows up as
+    /// `Unavailable` on the first operation, not here.
+    pub async fn connect(endpoints: &[String], request_timeout: Duration) -> Result<Self> {
+        let options = ec::ConnectOptions::new()
+            .with_timeout(request_timeout)
+            .with_connect_timeout(request_timeout)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, request_timeout);
+        let op = || format!("connecting to etcd at {}", endpoints.join(","));
+        let client = match tokio::time::timeout(
+            request_timeout,
+            ec::Client::connect(endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(map_err(op(), e)),
+            Err(elapsed) => {
+                return Err(Error::Unavailable {
+                    op: op(),
+                    source: Box::new(elapsed),
+                });
+            }
+        };
+        Ok(EtcdKv::from_client(client, request_timeout))
+    }
+
+    /// Wrap an existing client; every request is bounded by `request_timeout`.
+    pub fn from_client(client: ec::Client, request_timeout: Duration) -> Self {
+        EtcdKv {
+            client,
+            timeout: request_timeout,
+        }
+    }
+
+    /// The underlying client, for what the [`Kv`] seam does not cover.
+    pub fn client(&self) -> &ec::Client {
+        &self.client
+    }
+
+    /// Compact etcd's history before `rev` (physically, so it has happened
+    /// when this returns). It affects the whole keyspace, not a prefix.
+    pub async fn compact(&self, rev: Revision) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        let options = ec::CompactionOptions::new().with_physical();
+        self.call(
+            || format!("compacting to {rev}"),
+            kv.compact(rev.0, Some(options)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Run one request under the timeout, classifying its failure.
+    async fn call<T>(
+        &self,
+        op: impl FnOnce() -> String,
+        fut: impl Future<Output = Result<T, ec::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_err(op(), e)),
+            Err(elapsed) => Err(Error::Unavailable {
+                op: op(),
+                source: Box::new(elapsed),
+            }),
+        }
+    }
+}
+
+fn convert_compare(c: Compare) -> ec::Compare {
+    match c {
+        Compare::CreateRevision(key, rev) => {
+            ec::Compare::create_revision(key, ec::CompareOp::Equal, rev)
+        }
+        Compare::ModRevision(key, rev) => ec::Compare::mod_revision(key, ec::CompareOp::Equal, rev),
+        Compare::Value(key, value) => ec::Compare::value(key, ec::CompareOp::Equal, value),
+    }
+}
+
+fn convert_op(op: Op) -> ec::TxnOp {
+    match op {
+        Op::Put { key, value, lease } => {
+            let options = lease.map(|l| ec::PutOptions::new().with_lease(l.0));
+            ec::TxnOp::put(key, value, options)
+        }
+        Op::Delete { key } => ec::TxnOp::delete(key, None),
+        Op::DeletePrefix { prefix } => {
+            let end = prefix_end(prefix.as_bytes());
+            ec::TxnOp::delete(
+                prefix_start(&prefix),
+                Some(ec::DeleteOptions::new().with_range(end)),
+            )
+        }
+        Op::Get { key } => ec::TxnOp::get(key, None),
+    }
+}
+
+impl Kv for EtcdKv {
+    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .call(|| format!("reading {key}"), kv.get(key, None))
+            .await?;
+        let found = resp.kvs().first().map(convert_kv);
+        Ok((found, Revision(header_revision(resp.header()))))
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<Revision>,
+    ) -> Result<RangePage> {
+        let start = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix_start(prefix),
+        };
+        let mut options = ec::GetOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(at) = at {
+            options = options.with_revision(at.0);
+        }
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .call(|| format!("reading {prefix}"), kv.get(start, Some(options)))
+            .await
+            .map_err(|e| with_requested(e, at.map_or(0, |r| r.0)))?;
+        let revision = match at {
+            Some(r) if r.0 > 0 => r,
+            _ => Revision(header_revision(resp.header())),
+        };
+        Ok(RangePage {
+            kvs: resp.kvs().iter().map(convert_kv).collect(),
+            more: resp.more(),
+            revision,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let mut attempt = 0;
+        'snapshot: loop {
+            attempt += 1;
+            let first = self.range(prefix, None, PAGE, None).await?;
+            let revision = first.revision;
+            let mut all = first.kvs;
+            let mut more = first.more;
+            while more {
+                let Some(last) = all.last().map(|kv| kv.key.clone()) else {
+                    break;
+                };
+                match self.range(prefix, Some(&last), PAGE, Some(revision)).await {
+                    Ok(page) => {
+                        all.extend(page.kvs);
+                        more = page.more;
+                    }
+                    Err(Error::Compacted { .. }) if attempt < 3 => continue 'snapshot,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok((all, revision));
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let lease = txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .find_map(|op| match op {
+                Op::Put { lease: Some(l), .. } => Some(l.0),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let request = ec::Txn::new()
+            .when(
+                txn.compares
+                    .into_iter()
+                    .map(convert_compare)
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
+            .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .call(|| "running a transaction".to_owned(), kv.txn(request))
+            .await
+            .map_err(|e| with_lease(e, lease))?;
+        let mut gets = Vec::new();
+        let mut deleted = Vec::new();
+        for r in resp.op_responses() {
+            match r {
+                ec::TxnOpResponse::Get(g) => gets.push(g.kvs().first().map(convert_kv)),
+                ec::TxnOpResponse::Delete(d) => deleted.push(d.deleted()),
+                ec::TxnOpResponse::Put(_) | ec::TxnOpResponse::Txn(_) => {}
+            }
+        }
+        Ok(TxnResponse {
+            succeeded: resp.succeeded(),
+            revision: Revision(header_revision(resp.header())),
+            gets,
+            deleted,
+        })
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
+        let mut lease = self.client.lease_client();
+        let resp = self
+            .call(
+                || format!("granting a lease of {secs} s"),
+                lease.grant(secs, None),
+            )
+            .await?;
+        if !resp.error().is_empty() {
+            return Err(Error::Rejected {
+                op: format!("granting a lease of {secs} s"),
+                source: Box::new(Msg(resp.error().to_owned())),
+            });
+        }
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let mut client = self.client.lease_client();
+        let exchange = async move {
+            let (mut keeper, mut stream) = client.keep_alive(lease.0).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        let resp = self
+            .call(|| format!("keeping lease {} alive", lease.0), exchange)
+            .await
+            .map_err(|e| with_lease(e, lease.0))?;
+        match resp {
+            Some(r) if r.ttl() > 0 => Ok(Duration::from_secs(r.ttl().unsigned_abs())),
+            Some(_) => Err(Error::LeaseNotFound(lease.0)),
+            None => Err(Error::Unavailable {
+                op: format!("keeping lease {} alive", lease.0),
+                source: Box::new(Msg("keep-alive stream closed".into())),
+            }),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        let mut client = self.client.lease_client();
+        match self
+            .call(
+                || format!("revoking lease {}", lease.0),
+                client.revoke(lease.0),
+            )
+            .await
+        {
+            Ok(_) | Err(Error::LeaseNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        let op = format!("watching {prefix}");
+        let options = ec::WatchOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_start_revision(from.0)
+            .with_progress_notify();
+        let mut client = self.client.watch_client();
+        let mut stream = self
+            .call(
+                || op.clone(),
+                client.watch(prefix_start(prefix), Some(options)),
+            )
+            .await?;
+        // The first answer says whether the watch was created.
+        match self.call(|| op.clone(), stream.message()).await? {
+            Some(resp) if resp.canceled() => return Err(canceled(&op, from.0, &resp)),
+            Some(_) => {}
+            None => {
+                return Err(Error::Unavailable {
+                    op,
+                    source: Box::new(Msg(
+                        "watch stream closed before the watch was created".into()
+                    )),
+                });
+            }
+        }
+        let (requests, responses) = stream.split();
+        let state = Watching {
+            op,
+            requests,
+            responses,
+            progress: tokio::time::interval_at(
+                Instant::now() + PROGRESS_INTERVAL,
+                PROGRESS_INTERVAL,
+            ),
+            next: from.0.max(1),
+            done: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            Watching::step,
+        )))
+    }
+}
+
+/// The error for a watch etcd cancelled.
+fn canceled(op: &str, requested: i64, resp: &ec::WatchResponse) -> Error {
+    if resp.compact_revision() != 0 {
+        Error::Compacted {
+            requested,
+            compact_revision: resp.compact_revision(),
+        }
+    } else {
+        Error::Unavailable {
+            op: op.to_owned(),
+            source: Box::new(Msg(format!("watch cancelled: {}", resp.cancel_reason()))),
+        }
+    }
+}
+
+/// An open etcd watch, turned into a [`WatchStream`] by `unfold`.
+struct Watching {
+    /// What we are doing, for errors.
+    op: String,
+    /// The request side, to ask for progress (and to keep the stream open).
+    requests: ec::WatchRequestSender,
+    /// The responses.
+    responses: ec::WatchResponseStream,
+    /// When to ask for the next progress notification.
+    progress: Interval,
+    /// The next revision we expect (all before it have been delivered).
+    next: i64,
+    /// The stream has ended with an error; yield nothing more.
+    done: bool,
+}
+
+impl Watching {
+    async fn step(mut self) -> Option<(Result<(Vec<Event>, Revision)>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                msg = self.responses.message() => {
+                    let item = match msg {
+                        Ok(Some(resp)) if resp.canceled() => {
+                            self.done = true;
+                            Err(canceled(&self.op, self.next, &resp))
+                        }
+                        Ok(Some(resp)) => {
+                            let events: Vec<Event> = resp
+                                .events()
+                                .iter()
+                                .filter_map(|e| {
+                                    let kind = match e.event_type() {
+                                        ec::EventType::Put => EventKind::Put,
+                                        ec::EventType::Delete => EventKind::Delete,
+                                    };
+                                    Some(Event { kind, kv: convert_kv(e.kv()?) })
+                                })
+                                .collect();
+                            // For events, the last one's revision is what has
+                            // surely been delivered (a batch's header may be
+                            // ahead of events still to come); for a progress
+                            // notification, its header.
+                            let reached = match events.last() {
+                                Some(e) => e.kv.mod_revision,
+                                None => header_revision(resp.header()),
+                            }
+                            .max(self.next - 1);
+                            self.next = reached + 1;
+                            Ok((events, Revision(reached)))
+                        }
+                        Ok(None) => {
+                            self.done = true;
+                            Err(Error::Unavailable {
+                                op: self.op.clone(),
+                                source: Box::new(Msg("watch stream ended".into())),
+                            })
+                        }
+                        Err(e) => {
+                            self.done = true;
+                            Err(with_requested(map_err(self.op.clone(), e), self.next))
+                        }
+                    };
+                    return Some((item, self));
+                }
+                _ = self.progress.tick() => {
+                    // Best effort: a failure here shows up on the response side.
+                    let _ = self.requests.request_progress().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_matches_etcd() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b""), vec![0]);
+        assert_eq!(prefix_start(""), vec![0]);
+    }
+}

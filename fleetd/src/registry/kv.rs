@@ -168,5 +168,9 @@ pub trait Kv: Clone + Send + Sync + 'static {
     /// Watch every key under `prefix`, starting at revision `from`
     /// (inclusive). Events older than the compaction point fail with
     /// `Compacted`.
-    fn watch(&self, prefix: &str, from: Revision) -> impl Future<Output = Result<WatchStream>> + Send;
+    fn watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> impl Future<Output = Result<WatchStream>> + Send;
 }

@@ -1,27 +1,39 @@
 //! Machine presence (`machines/<id>`, on the machine's lease) and dynamic
 //! metadata (`metadata/<id>/<key>`, no lease: it survives restarts).
+//!
+//! Registration compares the record's token, a random value that identifies
+//! one fleetd installation on one host: a restarted fleetd presents the same
+//! token and takes its record over at once (no waiting for the old lease to
+//! expire); another host that happens to have the same machine ID presents
+//! another token and is refused. Every write is a transaction on the key's
+//! `mod_revision` (0 when absent), retried a few times when it races.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Kv, LeaseId, Listing, Registry, Result, Revision};
+use super::keys::ParsedKey;
+use super::kv::{Compare, KeyValue, Op, Txn};
+use super::{Error, Kv, LeaseId, Listing, Registry, Result, Revision, decode_json, encode_json};
 use crate::schema::{MachineId, MachineRecord};
+
+/// How often a registration retries after losing a race on the key.
+const REGISTER_ATTEMPTS: usize = 5;
 
 impl<K: Kv> Registry<K> {
     /// Grant the machine's lease (one per machine; its presence and unit
     /// states hang off it).
     pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
-        todo!("{ttl:?}")
+        self.kv.grant(ttl).await
     }
 
     /// Refresh a lease; `Err(LeaseNotFound)` once it has expired.
     pub async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        todo!("{lease:?}")
+        self.kv.keep_alive(lease).await
     }
 
     /// Revoke a lease and everything attached to it.
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        todo!("{lease:?}")
+        self.kv.revoke(lease).await
     }
 
     /// Register the machine under `lease`: create `machines/<id>`, or take it
@@ -29,43 +41,136 @@ impl<K: Kv> Registry<K> {
     /// restarted fleetd on the same host), moving the key to `lease` and then
     /// revoking the previous lease (its unit states are republished by the new
     /// agent). `Err(MachineIdInUse)` when a record with another token holds it.
-    pub async fn register_machine(&self, record: &MachineRecord, lease: LeaseId) -> Result<Revision> {
-        todo!("{record:?} {lease:?}")
+    pub async fn register_machine(
+        &self,
+        record: &MachineRecord,
+        lease: LeaseId,
+    ) -> Result<Revision> {
+        let (revision, previous) = self.write_machine(record, lease).await?;
+        if let Some(old) = previous.and_then(|kv| kv.lease).filter(|&old| old != lease) {
+            self.kv.revoke(old).await?;
+        }
+        Ok(revision)
     }
 
     /// Overwrite this machine's record (e.g. a new IP), keeping it on `lease`.
+    /// `Err(MachineIdInUse)` if another host has taken the ID meanwhile.
     pub async fn update_machine(&self, record: &MachineRecord, lease: LeaseId) -> Result<Revision> {
-        todo!("{record:?} {lease:?}")
+        self.write_machine(record, lease)
+            .await
+            .map(|(revision, _)| revision)
+    }
+
+    /// Put `record` on `lease` unless a record with another token holds the
+    /// key; the revision written and the record replaced.
+    async fn write_machine(
+        &self,
+        record: &MachineRecord,
+        lease: LeaseId,
+    ) -> Result<(Revision, Option<KeyValue>)> {
+        let key = self.keys.machine(&record.id);
+        let value = encode_json(record);
+        for _ in 0..REGISTER_ATTEMPTS {
+            let (current, _) = self.kv.get(&key).await?;
+            if let Some(kv) = &current {
+                let existing: MachineRecord = decode_json(&kv.key, &kv.value)?;
+                if existing.token != record.token {
+                    return Err(Error::MachineIdInUse {
+                        machine: record.id.to_string(),
+                    });
+                }
+            }
+            let expect = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            let resp = self
+                .kv
+                .txn(Txn {
+                    compares: vec![Compare::ModRevision(key.clone(), expect)],
+                    success: vec![Op::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        lease: Some(lease),
+                    }],
+                    failure: Vec::new(),
+                })
+                .await?;
+            if resp.succeeded {
+                return Ok((resp.revision, current));
+            }
+        }
+        Err(Error::Conflict { key })
     }
 
     /// Remove the machine's presence record.
     pub async fn remove_machine(&self, id: &MachineId) -> Result<()> {
-        todo!("{id}")
+        self.delete_key(self.keys.machine(id)).await
     }
 
     /// One machine's record.
     pub async fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
-        todo!("{id}")
+        let (found, _) = self.kv.get(&self.keys.machine(id)).await?;
+        found.map(|kv| decode_json(&kv.key, &kv.value)).transpose()
     }
 
     /// Every live machine, sorted by ID (config metadata only; see
     /// [`Registry::dynamic_metadata`]).
     pub async fn machines(&self) -> Result<Listing<MachineRecord>> {
-        todo!()
+        let (kvs, revision) = self.kv.list(&self.keys.machines_prefix()).await?;
+        // Keys are `machines/<id>`: key order is ID order.
+        let items = kvs
+            .iter()
+            .map(|kv| decode_json(&kv.key, &kv.value))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Listing { items, revision })
     }
 
     /// Set one dynamic metadata key of a machine (the machine need not exist).
     pub async fn set_metadata(&self, id: &MachineId, key: &str, value: &str) -> Result<()> {
-        todo!("{id} {key} {value}")
+        self.kv
+            .txn(Txn {
+                success: vec![Op::Put {
+                    key: self.keys.metadata(id, key),
+                    value: value.as_bytes().to_vec(),
+                    lease: None,
+                }],
+                ..Txn::default()
+            })
+            .await?;
+        Ok(())
     }
 
     /// Remove one dynamic metadata key.
     pub async fn remove_metadata(&self, id: &MachineId, key: &str) -> Result<()> {
-        todo!("{id} {key}")
+        self.delete_key(self.keys.metadata(id, key)).await
     }
 
     /// All dynamic metadata, by machine.
     pub async fn dynamic_metadata(&self) -> Result<BTreeMap<MachineId, BTreeMap<String, String>>> {
-        todo!()
+        let (kvs, _) = self.kv.list(&self.keys.metadata_prefix()).await?;
+        let mut all: BTreeMap<MachineId, BTreeMap<String, String>> = BTreeMap::new();
+        for kv in kvs {
+            let Some(ParsedKey::Metadata { machine, key }) = self.keys.parse(&kv.key) else {
+                return Err(Error::Decode {
+                    key: kv.key,
+                    source: "unexpected key in the registry layout".into(),
+                });
+            };
+            let value = String::from_utf8(kv.value).map_err(|e| Error::Decode {
+                key: kv.key.clone(),
+                source: Box::new(e),
+            })?;
+            all.entry(machine).or_default().insert(key, value);
+        }
+        Ok(all)
+    }
+
+    /// Delete one key (no error if it is absent).
+    async fn delete_key(&self, key: String) -> Result<()> {
+        self.kv
+            .txn(Txn {
+                success: vec![Op::Delete { key }],
+                ..Txn::default()
+            })
+            .await?;
+        Ok(())
     }
 }

@@ -37,9 +37,12 @@ pub mod schedule;
 pub mod states;
 pub mod units;
 
+pub use cache::{Reflector, Store};
 pub use etcd::EtcdKv;
-pub use keys::Keys;
-pub use kv::{Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream};
+pub use keys::{Keys, ParsedKey};
+pub use kv::{
+    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
+};
 pub use leader::Fence;
 pub use mem::MemKv;
 pub use schedule::ScheduleChange;
@@ -49,6 +52,13 @@ use std::fmt;
 /// An etcd revision: the store's logical clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Revision(pub i64);
+
+impl Revision {
+    /// The revision after this one (where a watch resumes after a listing).
+    pub fn next(self) -> Revision {
+        Revision(self.0 + 1)
+    }
+}
 
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,6 +130,17 @@ pub enum Error {
     /// A lease does not exist (expired or revoked).
     #[error("lease {0} not found")]
     LeaseNotFound(i64),
+    /// The store refused a request as invalid (too many operations in one
+    /// transaction, a key written twice in one, a future revision): a bug on
+    /// our side, not worth retrying.
+    #[error("etcd refused the request while {op}")]
+    Rejected {
+        /// What we were doing.
+        op: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored value could not be decoded.
     #[error("cannot decode {key}")]
     Decode {
@@ -140,6 +161,34 @@ impl Error {
 
 /// Registry result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Decode a JSON record stored at `key`.
+fn decode_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| Error::Decode {
+        key: key.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// Decode a plain-string value stored at `key` (a machine ID, say).
+fn decode_str<T>(key: &str, value: &[u8]) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let decode = |source: Box<dyn std::error::Error + Send + Sync>| Error::Decode {
+        key: key.to_owned(),
+        source,
+    };
+    let s = std::str::from_utf8(value).map_err(|e| decode(Box::new(e)))?;
+    s.parse().map_err(|e: T::Err| decode(Box::new(e)))
+}
+
+/// Encode a record as JSON.
+fn encode_json<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record)
+        .expect("registry records serialize: plain fields and string-keyed maps only")
+}
 
 /// The typed registry over a storage backend. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,0 +1,57 @@
+//! `fleetctl destroy UNIT...`: remove units from the cluster.
+
+use fleetd::client::FleetApi;
+
+use super::{Budget, Ctx, Exit, wait};
+use crate::cli::BlockArgs;
+
+/// Destroy one or more units in the cluster.
+///
+/// Completely remove one or more running or submitted units from the
+/// cluster. fleet stops and unloads them first. Destroyed units are
+/// impossible to start unless re-submitted.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// --no-block and --block-attempts.
+    #[command(flatten)]
+    pub block: BlockArgs,
+    /// Unit names (or files, whose names are used).
+    #[arg(value_name = "UNIT")]
+    pub units: Vec<String>,
+}
+
+/// Deletes each unit and, unless `--no-block`, waits until it is gone,
+/// printing `Destroyed <name>`. Units that do not exist are ignored.
+pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
+    if let Some(exit) = super::require_units(ctx.ui, &args.units) {
+        return Ok(exit);
+    }
+    let units = super::find_units(ctx, &args.units).await?;
+    if units.is_empty() {
+        ctx.ui.warn("Units not found in registry");
+        return Ok(Exit::Success);
+    }
+    let mut exit = Exit::Success;
+    for u in &units {
+        match ctx.api.destroy_unit(&u.name).await {
+            Ok(()) => {}
+            // Gone already (destroyed concurrently, or named twice).
+            Err(err) if err.status() == Some(404) => continue,
+            Err(err) => {
+                ctx.ui.warn(format!("Error destroying units: {err}"));
+                exit = Exit::Failure;
+                continue;
+            }
+        }
+        if !args.block.no_block {
+            let errors = wait::destroyed(ctx, &u.name, Budget(args.block.block_attempts)).await?;
+            if let Some(err) = errors.first() {
+                ctx.ui.warn(format!("Error destroying units: {err}"));
+                exit = Exit::Failure;
+                continue;
+            }
+        }
+        ctx.ui.say(format!("Destroyed {}", u.name))?;
+    }
+    Ok(exit)
+}

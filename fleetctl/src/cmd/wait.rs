@@ -1,0 +1,187 @@
+//! Waiting for the cluster: polling the API until units reach a fleet
+//! state, until systemd reports them active, or until they are gone.
+//!
+//! All waits poll every [`POLL_INTERVAL`] and give up after the [`Budget`]:
+//! [`ATTEMPT`] per `--block-attempts` attempt, no limit for 0. Units are
+//! checked in argument order on each round, so what is printed is
+//! deterministic. A failed poll (the API unreachable for a moment) is logged
+//! and retried, as in the original.
+
+use std::time::Duration;
+
+use fleetd::client::FleetApi;
+use fleetd::schema::TargetState;
+use tokio::time::Instant;
+
+use super::Ctx;
+use crate::render;
+use crate::units_io;
+
+/// Pause between two polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Time one `--block-attempts` attempt allows.
+pub const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// How long a wait may last: this many [`ATTEMPT`]s, or forever for 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub u32);
+
+impl Budget {
+    /// When a wait starting at `start` gives up; `None` for no limit.
+    fn deadline(self, start: Instant) -> Option<Instant> {
+        (self.0 > 0).then(|| start + ATTEMPT * self.0)
+    }
+}
+
+/// Polls `check` for every name until it returns `Some(done)`, or the budget
+/// runs out. `check` returns `Ok(None)` to keep waiting, `Ok(Some(Ok(())))`
+/// when the unit made it and `Ok(Some(Err(msg)))` when it never will.
+/// Returns the error messages: each unit that failed or timed out
+/// (`timeout(name)`).
+async fn poll<'c, A, C, T>(
+    ctx: &mut Ctx<'c, A>,
+    names: &[String],
+    budget: Budget,
+    mut check: C,
+    timeout: T,
+) -> anyhow::Result<Vec<String>>
+where
+    A: FleetApi,
+    C: AsyncFnMut(&mut Ctx<'c, A>, &str) -> anyhow::Result<Option<Result<(), String>>>,
+    T: Fn(&str) -> String,
+{
+    let deadline = budget.deadline(Instant::now());
+    let mut pending: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut errors = Vec::new();
+    loop {
+        let mut still = Vec::new();
+        for name in pending {
+            match check(ctx, name).await? {
+                Some(Ok(())) => {}
+                Some(Err(msg)) => errors.push(msg),
+                None => still.push(name),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Ok(errors);
+        }
+        if deadline.is_some_and(|d| Instant::now() + POLL_INTERVAL > d) {
+            errors.extend(pending.iter().map(|n| timeout(n)));
+            return Ok(errors);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until each unit's fleet state is `want` (its desired state for a
+/// global unit, which has no current state), printing `Unit <name>
+/// <current state>[ on <machine>]` as each arrives (Go's
+/// `waitForUnitStates`). Returns the timeouts as messages.
+pub async fn unit_states<'c, A: FleetApi>(
+    ctx: &mut Ctx<'c, A>,
+    names: &[String],
+    want: TargetState,
+    budget: Budget,
+) -> anyhow::Result<Vec<String>> {
+    poll(
+        ctx,
+        names,
+        budget,
+        async |ctx: &mut Ctx<'c, A>, name: &str| {
+            let unit = match ctx.api.unit(name).await {
+                Ok(Some(u)) => u,
+                Ok(None) => {
+                    tracing::warn!(unit = %name, "unit not found");
+                    return Ok(None);
+                }
+                Err(err) => {
+                    tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
+                    return Ok(None);
+                }
+            };
+            let state = if units_io::is_global(&unit) {
+                unit.desired_state
+            } else {
+                unit.current_state
+            };
+            if state != Some(want) {
+                tracing::debug!(unit = %name, ?state, %want, "waiting for unit state");
+                return Ok(None);
+            }
+            let current = unit.current_state.map(|s| s.to_string()).unwrap_or_default();
+            let mut msg = format!("Unit {name} {current}");
+            if !unit.machine_id.is_empty() {
+                let machines = ctx.machines().await;
+                if machines.contains_key(&unit.machine_id) {
+                    msg = format!("{msg} on {}", render::machine_legend(&unit.machine_id, machines, false));
+                }
+            }
+            ctx.ui.say(msg)?;
+            Ok(Some(Ok(())))
+        },
+        |name| format!("timed out waiting for unit {name} to report state {want}"),
+    )
+    .await
+}
+
+/// Waits until systemd reports each unit `loaded` and `active` (through
+/// `GET /state/<name>`). A unit systemd reports `failed` will not get there
+/// by waiting and is reported at once.
+pub async fn systemd_active<'c, A: FleetApi>(
+    ctx: &mut Ctx<'c, A>,
+    names: &[String],
+    budget: Budget,
+) -> anyhow::Result<Vec<String>> {
+    poll(
+        ctx,
+        names,
+        budget,
+        async |ctx: &mut Ctx<'c, A>, name: &str| {
+            let state = match ctx.api.unit_state(name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(None),
+                Err(err) => {
+                    tracing::warn!(unit = %name, error = %err, "error retrieving unit state");
+                    return Ok(None);
+                }
+            };
+            if state.systemd_load_state == "loaded" && state.systemd_active_state == "active" {
+                return Ok(Some(Ok(())));
+            }
+            if state.systemd_active_state == "failed" {
+                return Ok(Some(Err(format!(
+                    "unit {name} failed to start: systemd reports {}/{}/{}",
+                    state.systemd_load_state, state.systemd_active_state, state.systemd_sub_state
+                ))));
+            }
+            Ok(None)
+        },
+        |name| format!("timed out waiting for unit {name} to report active state"),
+    )
+    .await
+}
+
+/// Waits until each unit is gone from the registry.
+pub async fn destroyed<'c, A: FleetApi>(
+    ctx: &mut Ctx<'c, A>,
+    name: &str,
+    budget: Budget,
+) -> anyhow::Result<Vec<String>> {
+    poll(
+        ctx,
+        &[name.to_owned()],
+        budget,
+        async |ctx: &mut Ctx<'c, A>, name: &str| match ctx.api.unit(name).await {
+            Ok(None) => Ok(Some(Ok(()))),
+            Ok(Some(_)) => Ok(None),
+            Err(err) => {
+                tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
+                Ok(None)
+            }
+        },
+        |name| format!("timed out waiting for unit {name} to be destroyed"),
+    )
+    .await
+}

@@ -1,0 +1,326 @@
+//! Serving the router: listeners (unix, TCP, socket activation) and an
+//! HTTP/1.1 accept loop per listener with graceful shutdown.
+//!
+//! Design, after mini-redis's `server.rs`:
+//! - one accept loop per listener, one task per connection, all on one
+//!   [`TaskTracker`];
+//! - a semaphore caps the open connections ([`MAX_CONNECTIONS`]); a failed
+//!   `accept` (e.g. out of file descriptors) is logged and retried after a
+//!   back-off, and never ends the server;
+//! - shutdown is two-staged: when `shutdown` completes, the accept loops stop
+//!   (closing the listeners) and every connection is told to finish its
+//!   in-flight request and close; connections still open after the drain
+//!   deadline are dropped.
+//!
+//! Dropping the [`serve`] future drops every connection at once.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight requests may take to finish once shutdown begins.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Most connections served at once, over all listeners.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First and longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Where the API is served: a listening unix or TCP socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// A unix stream socket, e.g. `/var/run/fleet.sock`.
+    Unix(UnixListener),
+    /// A TCP socket.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// A printable address, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(PathBuf::from))
+            {
+                Some(path) => format!("unix:{}", path.display()),
+                None => "unix:(unnamed)".to_owned(),
+            },
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(addr) => format!("tcp:{addr}"),
+                Err(_) => "tcp:(unknown)".to_owned(),
+            },
+        }
+    }
+
+    /// The TCP address, for a TCP listener (tests bind port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// Accept one connection.
+    async fn accept(&self) -> io::Result<Box<dyn Connection>> {
+        Ok(match self {
+            Listener::Unix(l) => Box::new(l.accept().await?.0),
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept().await?;
+                // Small request/answer exchanges: do not wait for Nagle.
+                stream.set_nodelay(true)?;
+                Box::new(stream)
+            }
+        })
+    }
+}
+
+/// An accepted connection of either kind.
+trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// Listen on a unix socket at `path`, replacing a stale socket file left by
+/// a previous run, with mode 0660 (owner and group may use the API).
+///
+/// Must be called within a tokio runtime.
+pub fn bind_unix(path: impl AsRef<Path>) -> io::Result<Listener> {
+    let path = path.as_ref();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(Listener::Unix(listener))
+}
+
+/// Listen on a TCP address.
+pub async fn bind_tcp(addr: impl ToSocketAddrs) -> io::Result<Listener> {
+    Ok(Listener::Tcp(TcpListener::bind(addr).await?))
+}
+
+/// Set once the socket-activation descriptors have been taken, so that no
+/// descriptor is ever owned twice.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The listeners systemd passed by socket activation (`LISTEN_PID` equal to
+/// our PID, `LISTEN_FDS` descriptors from fd 3), as unix or TCP listeners
+/// according to each socket's address family. Empty when fleetd was not
+/// socket-activated, and on every call after the first.
+///
+/// Must be called within a tokio runtime.
+pub fn from_listen_fds() -> io::Result<Vec<Listener>> {
+    let fds = sd_notify::listen_fds()?;
+    if fds.len() == 0 || LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    fds.map(|fd| listener_from_fd(take_fd(fd))).collect()
+}
+
+/// Takes ownership of an inherited socket-activation descriptor.
+///
+/// `unsafe_code` is denied in the workspace; this is the one place that
+/// needs it, because turning a raw descriptor into an owned one cannot be
+/// checked by the compiler. It is sound because:
+/// - `fd` comes from `sd_notify::listen_fds`, which yields only descriptors
+///   3..3+`LISTEN_FDS` and only when `LISTEN_PID` is our PID: descriptors the
+///   service manager opened for this very process;
+/// - nothing else in fleetd refers to those descriptors, and
+///   [`LISTEN_FDS_TAKEN`] makes sure they are taken at most once, so exactly
+///   one `OwnedFd` owns (and eventually closes) each.
+#[allow(unsafe_code)]
+fn take_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: see above: `fd` is open, was handed to this process by the
+    // service manager, and is owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Wraps an inherited listening socket: unix if its address is a unix one,
+/// TCP otherwise (the address family is read with `getsockname`).
+fn listener_from_fd(fd: OwnedFd) -> io::Result<Listener> {
+    let unix = std::os::unix::net::UnixListener::from(fd);
+    if unix.local_addr().is_ok() {
+        unix.set_nonblocking(true)?;
+        return Ok(Listener::Unix(UnixListener::from_std(unix)?));
+    }
+    let tcp = std::net::TcpListener::from(OwnedFd::from(unix));
+    tcp.local_addr().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket-activation descriptor is neither a unix nor an internet socket: {e}"),
+        )
+    })?;
+    tcp.set_nonblocking(true)?;
+    Ok(Listener::Tcp(TcpListener::from_std(tcp)?))
+}
+
+/// Serve `router` on every listener until `shutdown` completes, then let
+/// in-flight requests finish for up to [`DRAIN_DEADLINE`].
+pub async fn serve(
+    router: Router,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    serve_with_deadline(router, listeners, shutdown, DRAIN_DEADLINE).await
+}
+
+/// [`serve`] with another drain deadline.
+pub async fn serve_with_deadline(
+    router: Router,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()> + Send,
+    drain: Duration,
+) -> io::Result<()> {
+    // Cancelled after the drain deadline, or when this future is dropped:
+    // connections are dropped.
+    let abort = CancellationToken::new();
+    let _abort_on_drop = abort.clone().drop_guard();
+    // Cancelled when shutdown begins: stop accepting, finish and close.
+    let graceful = abort.child_token();
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+
+    for listener in listeners {
+        tracing::info!(listener = %listener.describe(), "serving the fleet API");
+        tracker.spawn(accept_loop(
+            listener,
+            router.clone(),
+            tracker.clone(),
+            permits.clone(),
+            graceful.clone(),
+            abort.clone(),
+        ));
+    }
+
+    shutdown.await;
+    graceful.cancel();
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(deadline = ?drain, "API requests still running at the shutdown deadline; dropping them");
+        abort.cancel();
+        tracker.wait().await;
+    }
+    Ok(())
+}
+
+/// Accept connections on one listener until `graceful` is cancelled.
+async fn accept_loop(
+    listener: Listener,
+    router: Router,
+    tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+    graceful: CancellationToken,
+    abort: CancellationToken,
+) {
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        let permit = tokio::select! {
+            () = graceful.cancelled() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            () = graceful.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(listener = %listener.describe(), %error, ?backoff, "accept failed");
+                    tokio::select! {
+                        () = graceful.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    continue;
+                }
+            },
+        };
+        backoff = ACCEPT_BACKOFF.0;
+        let (router, graceful, abort) = (router.clone(), graceful.clone(), abort.clone());
+        tracker.spawn(async move {
+            serve_connection(stream, router, graceful, abort).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serve one connection: requests until the client closes it, or, once
+/// `graceful` is cancelled, until the request in flight is answered; dropped
+/// when `abort` is cancelled.
+async fn serve_connection(
+    stream: Box<dyn Connection>,
+    router: Router,
+    graceful: CancellationToken,
+    abort: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = graceful.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = abort.cancelled() => return,
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "API connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inherited_descriptors_are_typed_by_address_family() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = listener_from_fd(OwnedFd::from(tcp)).unwrap();
+        assert_eq!(listener.tcp_addr(), Some(addr));
+
+        let dir = tempfile::tempdir().unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock")).unwrap();
+        let listener = listener_from_fd(OwnedFd::from(unix)).unwrap();
+        assert!(matches!(listener, Listener::Unix(_)), "{listener:?}");
+        assert!(listener.describe().ends_with("a.sock"));
+    }
+}

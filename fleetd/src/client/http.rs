@@ -1,0 +1,898 @@
+//! [`HttpClient`]: the `/fleet/v1` API over HTTP/1.1.
+//!
+//! The client speaks to fleetd over a unix socket (`unix:///var/run/fleet.sock`,
+//! the default, or the `file://` spelling), over TCP (`http://host:port`), or
+//! over any byte stream a caller can open ([`HttpClient::over_stream`]), which
+//! is how an SSH channel will carry it for `fleetctl --tunnel`.
+//!
+//! Design choices:
+//! - One connection per request (hyper's `client::conn::http1` handshake over
+//!   the stream the connector opens). fleetctl makes a handful of sequential
+//!   requests, so a pool would buy nothing, and a fresh connection cannot be
+//!   closed under us by a server's idle timeout between two polls.
+//! - Every request (connect, send, read the whole body) runs under the
+//!   request timeout given at construction.
+//! - Like the original Go client, every request carries `?alt=json`, listings
+//!   follow `nextPageToken` until a page comes without one, and a 404 on
+//!   `GET /units/<name>` or `GET /state/<name>` means "no such unit" (`None`).
+//! - Error answers (`{"error":{"code","message"}}`) become [`Error::Api`];
+//!   anything that prevents an answer becomes [`Error::Transport`], which
+//!   names the endpoint.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Error, FleetApi, Result};
+use crate::schema::{
+    ErrorBody, Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage,
+};
+
+/// The endpoint fleetctl uses when none is given.
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
+
+/// The API's path prefix.
+const API_PREFIX: &str = "/fleet/v1";
+
+/// The `Host` header sent over unix sockets, as the Go client did.
+const UNIX_HOST: &str = "domain-sock";
+
+/// The most pages a listing may take before the client gives up: a guard
+/// against a server that never stops issuing tokens.
+const MAX_PAGES: usize = 100_000;
+
+/// A byte stream an HTTP/1.1 conversation can run over.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A boxed stream, so [`HttpClient`] is one type whatever the transport.
+type BoxStream = Box<dyn Stream>;
+
+/// A future opening a stream.
+type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+
+/// Opens a new stream to the server for each request.
+type Connector = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
+
+/// An endpoint fleetctl cannot use, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid endpoint {endpoint:?}: {reason}")]
+pub struct InvalidEndpoint {
+    /// The endpoint as given.
+    pub endpoint: String,
+    /// Why it is unusable.
+    pub reason: String,
+}
+
+impl InvalidEndpoint {
+    fn new(endpoint: &str, reason: impl Into<String>) -> Self {
+        InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where an endpoint URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A unix socket at this path.
+    Unix(String),
+    /// A TCP address: host (without IPv6 brackets) and port.
+    Tcp { host: String, port: u16 },
+}
+
+/// A parsed endpoint URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// Where to connect.
+    target: Target,
+    /// The `Host` header value.
+    host_header: String,
+    /// Path prefix before `/fleet/v1` (empty or starting with `/`, never
+    /// ending with `/`).
+    base_path: String,
+}
+
+impl Endpoint {
+    /// Parses `unix:///path`, `file:///path` or `http://host[:port][/prefix]`.
+    fn parse(endpoint: &str) -> std::result::Result<Endpoint, InvalidEndpoint> {
+        let Some((scheme, rest)) = endpoint.split_once("://") else {
+            return Err(InvalidEndpoint::new(endpoint, "URL scheme undefined"));
+        };
+        // Drop any query or fragment: they mean nothing here.
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "unix" | "file" => {
+                if !authority.is_empty() {
+                    // "unix://var/run/fleet.sock" parses with host "var".
+                    return Err(InvalidEndpoint::new(
+                        endpoint,
+                        format!(
+                            "unable to connect to host {authority:?} with scheme {scheme:?} \
+                             (a socket path needs three slashes, as in {DEFAULT_ENDPOINT})"
+                        ),
+                    ));
+                }
+                let path = percent_decode(path).ok_or_else(|| {
+                    InvalidEndpoint::new(endpoint, "bad percent-encoding in path")
+                })?;
+                if path.is_empty() || path == "/" {
+                    return Err(InvalidEndpoint::new(endpoint, "no socket path"));
+                }
+                Ok(Endpoint {
+                    target: Target::Unix(path),
+                    host_header: UNIX_HOST.to_owned(),
+                    base_path: String::new(),
+                })
+            }
+            "http" => {
+                if authority.is_empty() {
+                    return Err(InvalidEndpoint::new(endpoint, "no host"));
+                }
+                if authority.contains('@') {
+                    return Err(InvalidEndpoint::new(
+                        endpoint,
+                        "user information is not supported",
+                    ));
+                }
+                let (host, port) = split_host_port(authority)
+                    .ok_or_else(|| InvalidEndpoint::new(endpoint, "bad host or port"))?;
+                Ok(Endpoint {
+                    target: Target::Tcp {
+                        host: host.to_owned(),
+                        port,
+                    },
+                    host_header: authority.to_owned(),
+                    base_path: path.trim_end_matches('/').to_owned(),
+                })
+            }
+            "https" => Err(InvalidEndpoint::new(
+                endpoint,
+                "https is not supported yet; use http:// or unix://",
+            )),
+            other => Err(InvalidEndpoint::new(
+                endpoint,
+                format!("unsupported URL scheme {other:?}; use unix:// or http://"),
+            )),
+        }
+    }
+}
+
+/// Splits `host[:port]` (or `[v6][:port]`), defaulting the port to 80.
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            Some(_) => return None,
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        None | Some("") => 80,
+        Some(p) => p.parse().ok()?,
+    };
+    Some((host, port))
+}
+
+/// Decodes `%XX` escapes; `None` if an escape or the result is malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes `s` for use in a URL, keeping the unreserved characters
+/// and those in `keep`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Characters a path segment may carry unescaped (RFC 3986 `pchar` minus
+/// the unreserved set), so `foo@bar.service` stays readable.
+const PATH_SEGMENT_KEEP: &[u8] = b"!$&'()*+,;=:@";
+
+/// The `/fleet/v1` API over HTTP/1.1. See the module docs.
+#[derive(Clone)]
+pub struct HttpClient {
+    /// Opens a fresh stream for each request.
+    connect: Connector,
+    /// The endpoint as the user gave it, for error messages.
+    endpoint: String,
+    /// `Host` header value.
+    host_header: String,
+    /// Path prefix before `/fleet/v1`.
+    base_path: String,
+    /// Deadline for one whole request (connect, send, read the body).
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("endpoint", &self.endpoint)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// A client for `endpoint`: `unix:///path` (or `file:///path`) for a unix
+    /// socket, `http://host[:port][/prefix]` for TCP. Only one endpoint: the
+    /// caller splits comma-separated lists. `request_timeout` bounds every
+    /// request. Nothing is dialled until the first request.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidEndpoint`] for a URL without a scheme, with an unsupported
+    /// scheme (including `https`, not supported yet), or a unix URL with a
+    /// host part (`unix://var/run/fleet.sock`, missing a slash).
+    pub fn new(
+        endpoint: &str,
+        request_timeout: Duration,
+    ) -> std::result::Result<Self, InvalidEndpoint> {
+        let parsed = Endpoint::parse(endpoint)?;
+        let connect: Connector = match parsed.target.clone() {
+            Target::Unix(path) => Arc::new(move || {
+                let path = path.clone();
+                Box::pin(async move {
+                    let s = tokio::net::UnixStream::connect(&path).await?;
+                    Ok(Box::new(s) as BoxStream)
+                })
+            }),
+            Target::Tcp { host, port } => Arc::new(move || {
+                let host = host.clone();
+                Box::pin(async move {
+                    let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    // Requests are small and answered at once; don't wait
+                    // for Nagle.
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as BoxStream)
+                })
+            }),
+        };
+        Ok(Self::from_parts(endpoint, parsed, connect, request_timeout))
+    }
+
+    /// A client that reaches the server through streams opened by `connect`
+    /// (one per request), for instance SSH channels for `--tunnel`.
+    /// `endpoint` is still parsed for the `Host` header, the path prefix and
+    /// error messages, but is never dialled.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpClient::new`] for an unusable `endpoint`.
+    pub fn over_stream<F, Fut, S>(
+        endpoint: &str,
+        connect: F,
+        request_timeout: Duration,
+    ) -> std::result::Result<Self, InvalidEndpoint>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let parsed = Endpoint::parse(endpoint)?;
+        let connect: Connector = Arc::new(move || {
+            let fut = connect();
+            Box::pin(async move { Ok(Box::new(fut.await?) as BoxStream) })
+        });
+        Ok(Self::from_parts(endpoint, parsed, connect, request_timeout))
+    }
+
+    fn from_parts(
+        endpoint: &str,
+        parsed: Endpoint,
+        connect: Connector,
+        request_timeout: Duration,
+    ) -> Self {
+        HttpClient {
+            connect,
+            endpoint: endpoint.to_owned(),
+            host_header: parsed.host_header,
+            base_path: parsed.base_path,
+            request_timeout,
+        }
+    }
+
+    /// The endpoint as given at construction.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The request target for `path` (below `/fleet/v1`) with `?alt=json`
+    /// and the extra query pairs.
+    fn uri(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let mut uri = format!("{}{API_PREFIX}{path}?alt=json", self.base_path);
+        for (k, v) in query {
+            uri.push('&');
+            uri.push_str(&percent_encode(k, b""));
+            uri.push('=');
+            uri.push_str(&percent_encode(v, b""));
+        }
+        uri
+    }
+
+    /// The request target for one unit below `collection` (`/units`, `/state`).
+    fn unit_uri(&self, collection: &str, name: &str) -> String {
+        self.uri(
+            &format!("{collection}/{}", percent_encode(name, PATH_SEGMENT_KEEP)),
+            &[],
+        )
+    }
+
+    fn transport_error(
+        &self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Sends one request and reads the whole answer, under the timeout.
+    async fn send(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let exchange = async {
+            let stream = (self.connect)()
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.transport_error(e))?;
+            // The connection task ends when `sender` is dropped or the server
+            // closes; its errors surface through `send_request` as well.
+            tokio::spawn(async move {
+                if let Err(err) = conn.await {
+                    tracing::debug!(%err, "fleet API connection ended with an error");
+                }
+            });
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.as_str())
+                .header(HOST, self.host_header.as_str());
+            if body.is_some() {
+                req = req.header(CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| {
+                    Error::Protocol(format!("cannot build request {method} {uri}: {e}"))
+                })?;
+            tracing::debug!(%method, %uri, endpoint = %self.endpoint, "fleet API request");
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.transport_error(e))?
+                .to_bytes();
+            tracing::debug!(%status, bytes = body.len(), "fleet API response");
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(self.transport_error(TimedOut(self.request_timeout))),
+        }
+    }
+
+    /// GETs `uri` and decodes a 2xx answer; `Ok(None)` on 404 when
+    /// `not_found_is_none`.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        uri: String,
+        not_found_is_none: bool,
+    ) -> Result<Option<T>> {
+        let (status, body) = self.send(Method::GET, uri.clone(), None).await?;
+        if status == StatusCode::NOT_FOUND && not_found_is_none {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        decode(&uri, &body).map(Some)
+    }
+
+    /// GETs every page of a listing, following `nextPageToken`.
+    async fn get_pages<P, T>(
+        &self,
+        path: &str,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>>
+    where
+        P: DeserializeOwned,
+    {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let query: Vec<(&str, &str)> = match &token {
+                Some(t) => vec![("nextPageToken", t.as_str())],
+                None => Vec::new(),
+            };
+            let page: P = self
+                .get_json(self.uri(path, &query), false)
+                .await?
+                .ok_or_else(|| Error::Protocol(format!("no page for {path}")))?;
+            let (mut page_items, next) = split(page);
+            items.append(&mut page_items);
+            match next {
+                Some(next) if !next.is_empty() => {
+                    if token.as_deref() == Some(next.as_str()) {
+                        return Err(Error::Protocol(format!(
+                            "{path}: the server repeated page token {next:?}"
+                        )));
+                    }
+                    token = Some(next);
+                }
+                _ => return Ok(items),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "{path}: more than {MAX_PAGES} pages"
+        )))
+    }
+
+    /// PUTs `unit` to `/units/<name>`; any 2xx is success.
+    async fn put_unit(&self, name: &str, unit: &Unit) -> Result<()> {
+        let body = serde_json::to_vec(unit)
+            .map_err(|e| Error::Protocol(format!("cannot encode unit {name}: {e}")))?;
+        let (status, resp) = self
+            .send(Method::PUT, self.unit_uri("/units", name), Some(body))
+            .await?;
+        if !status.is_success() {
+            return Err(api_error(status, &resp));
+        }
+        Ok(())
+    }
+}
+
+/// The error of a request that got no answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {}", humanize(*.0))]
+struct TimedOut(Duration);
+
+fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// Turns an error answer into [`Error::Api`], reading the fleet error body
+/// when there is one and the raw text otherwise.
+fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => Error::Api {
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let mut message: String = text.trim().chars().take(512).collect();
+            if message.is_empty() {
+                message = status.canonical_reason().unwrap_or_default().to_owned();
+            }
+            Error::Api {
+                code: status.as_u16(),
+                message,
+            }
+        }
+    }
+}
+
+/// Decodes a JSON answer; an empty body counts as `{}`.
+fn decode<T: DeserializeOwned>(uri: &str, body: &[u8]) -> Result<T> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("cannot decode the answer to GET {uri}: {e}")))
+}
+
+impl FleetApi for HttpClient {
+    async fn machines(&self) -> Result<Vec<Machine>> {
+        self.get_pages("/machines", |p: MachinePage| {
+            (p.machines, p.next_page_token)
+        })
+        .await
+    }
+
+    async fn unit(&self, name: &str) -> Result<Option<Unit>> {
+        self.get_json(self.unit_uri("/units", name), true).await
+    }
+
+    async fn units(&self) -> Result<Vec<Unit>> {
+        self.get_pages("/units", |p: UnitPage| (p.units, p.next_page_token))
+            .await
+    }
+
+    async fn unit_states(&self) -> Result<Vec<UnitState>> {
+        self.get_pages("/state", |p: UnitStatePage| (p.states, p.next_page_token))
+            .await
+    }
+
+    async fn unit_state(&self, name: &str) -> Result<Option<UnitState>> {
+        self.get_json(self.unit_uri("/state", name), true).await
+    }
+
+    async fn create_unit(&self, unit: &Unit) -> Result<()> {
+        self.put_unit(&unit.name, unit).await
+    }
+
+    async fn set_unit_target_state(&self, name: &str, state: TargetState) -> Result<()> {
+        let unit = Unit {
+            name: name.to_owned(),
+            desired_state: Some(state),
+            ..Unit::default()
+        };
+        self.put_unit(name, &unit).await
+    }
+
+    async fn destroy_unit(&self, name: &str) -> Result<()> {
+        let (status, body) = self
+            .send(Method::DELETE, self.unit_uri("/units", name), None)
+            .await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn endpoints_parse() {
+        let e = Endpoint::parse("unix:///var/run/fleet.sock").unwrap();
+        assert_eq!(e.target, Target::Unix("/var/run/fleet.sock".into()));
+        assert_eq!(e.host_header, "domain-sock");
+        let e = Endpoint::parse("file:///tmp/a%20b.sock").unwrap();
+        assert_eq!(e.target, Target::Unix("/tmp/a b.sock".into()));
+        let e = Endpoint::parse("http://10.0.0.1:54728").unwrap();
+        assert_eq!(
+            e.target,
+            Target::Tcp {
+                host: "10.0.0.1".into(),
+                port: 54728
+            }
+        );
+        assert_eq!(e.host_header, "10.0.0.1:54728");
+        assert_eq!(e.base_path, "");
+        let e = Endpoint::parse("http://example.com/prefix/").unwrap();
+        assert_eq!(
+            e.target,
+            Target::Tcp {
+                host: "example.com".into(),
+                port: 80
+            }
+        );
+        assert_eq!(e.base_path, "/prefix");
+        let e = Endpoint::parse("http://[::1]:8080").unwrap();
+        assert_eq!(
+            e.target,
+            Target::Tcp {
+                host: "::1".into(),
+                port: 8080
+            }
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_are_explained() {
+        let err = Endpoint::parse("unix://var/run/fleet.sock").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"unable to connect to host "var" with scheme "unix""#),
+            "{err}"
+        );
+        assert!(
+            Endpoint::parse("https://a:1")
+                .unwrap_err()
+                .to_string()
+                .contains("https is not supported yet")
+        );
+        assert!(
+            Endpoint::parse("127.0.0.1:80")
+                .unwrap_err()
+                .to_string()
+                .contains("URL scheme undefined")
+        );
+        assert!(Endpoint::parse("http://h:notaport").is_err());
+        assert!(Endpoint::parse("http://").is_err());
+        assert!(Endpoint::parse("unix://").is_err());
+        assert!(Endpoint::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn names_and_tokens_are_escaped() {
+        let c = HttpClient::new("unix:///x.sock", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            c.unit_uri("/units", "foo@bar.service"),
+            "/fleet/v1/units/foo@bar.service?alt=json"
+        );
+        assert_eq!(
+            c.unit_uri("/units", r"a\x2d.service"),
+            "/fleet/v1/units/a%5Cx2d.service?alt=json"
+        );
+        assert_eq!(
+            c.uri("/units", &[("nextPageToken", "ZAACAA==")]),
+            "/fleet/v1/units?alt=json&nextPageToken=ZAACAA%3D%3D"
+        );
+    }
+
+    /// A scripted server: answers each request on a fresh connection with
+    /// the next canned response and records the request heads and bodies.
+    async fn serve(responses: Vec<String>) -> (tempfile::TempDir, String, Arc<Mutex<Vec<String>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            for resp in responses {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says.
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_owned)
+                            })
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if buf.len() >= end + 4 + len || n == 0 {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                seen2
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).to_string());
+                s.write_all(resp.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+            }
+        });
+        let endpoint = format!("unix://{}", path.display());
+        (dir, endpoint, seen)
+    }
+
+    fn json(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn listings_follow_page_tokens() {
+        let (_dir, ep, seen) = serve(vec![
+            json(
+                "200 OK",
+                r#"{"nextPageToken":"ZAACAA==","units":[{"name":"a.service"}]}"#,
+            ),
+            json(
+                "200 OK",
+                r#"{"units":[{"name":"b.service","desiredState":"launched"}]}"#,
+            ),
+        ])
+        .await;
+        let c = HttpClient::new(&ep, Duration::from_secs(5)).unwrap();
+        let units = c.units().await.unwrap();
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a.service", "b.service"]);
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[0].starts_with("GET /fleet/v1/units?alt=json HTTP/1.1\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[0].contains("host: domain-sock\r\n"), "{}", seen[0]);
+        assert!(
+            seen[1].starts_with(
+                "GET /fleet/v1/units?alt=json&nextPageToken=ZAACAA%3D%3D HTTP/1.1\r\n"
+            ),
+            "{}",
+            seen[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_page_and_missing_unit() {
+        let (_dir, ep, _seen) = serve(vec![
+            json("200 OK", "{}"),
+            json(
+                "404 Not Found",
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            json(
+                "404 Not Found",
+                r#"{"error":{"code":404,"message":"unit state does not exist"}}"#,
+            ),
+        ])
+        .await;
+        let c = HttpClient::new(&ep, Duration::from_secs(5)).unwrap();
+        assert!(c.machines().await.unwrap().is_empty());
+        assert!(c.unit("nope.service").await.unwrap().is_none());
+        assert!(c.unit_state("nope.service").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn puts_json_and_decodes_errors() {
+        let (_dir, ep, seen) = serve(vec![
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned(),
+            json(
+                "400 Bad Request",
+                r#"{"error":{"code":400,"message":"cannot activate template \"foo@.service\""}}"#,
+            ),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+        ])
+        .await;
+        let c = HttpClient::new(&ep, Duration::from_secs(5)).unwrap();
+        c.set_unit_target_state("a.service", TargetState::Launched)
+            .await
+            .unwrap();
+        let err = c
+            .set_unit_target_state("foo@.service", TargetState::Launched)
+            .await
+            .unwrap_err();
+        match err {
+            Error::Api { code, message } => {
+                assert_eq!(code, 400);
+                assert_eq!(message, r#"cannot activate template "foo@.service""#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = c.destroy_unit("gone.service").await.unwrap_err();
+        assert_eq!(err.status(), Some(404));
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].starts_with("PUT /fleet/v1/units/a.service?alt=json HTTP/1.1\r\n"));
+        assert!(
+            seen[0].contains("content-type: application/json\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0].ends_with(r#"{"desiredState":"launched","name":"a.service"}"#),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[2].starts_with("DELETE /fleet/v1/units/gone.service?alt=json HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ep = format!("unix://{}/missing.sock", dir.path().display());
+        let c = HttpClient::new(&ep, Duration::from_secs(5)).unwrap();
+        let err = c.units().await.unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }));
+        assert!(err.to_string().contains(&ep), "{err}");
+    }
+
+    #[tokio::test]
+    async fn slow_servers_time_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (_s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let c = HttpClient::new(
+            &format!("unix://{}", path.display()),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let err = c.units().await.unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("no answer within 0.2s"), "{chain}");
+    }
+
+    #[tokio::test]
+    async fn over_stream_uses_the_connector() {
+        let (client_side, mut server_side) = tokio::io::duplex(64 * 1024);
+        let slot = Arc::new(Mutex::new(Some(client_side)));
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let n = server_side.read(&mut buf).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("GET /fleet/v1/machines?alt=json")
+            );
+            server_side
+                .write_all(
+                    json(
+                        "200 OK",
+                        r#"{"machines":[{"id":"m1","primaryIP":"10.0.0.1"}]}"#,
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+        });
+        let c = HttpClient::over_stream(
+            "unix:///var/run/fleet.sock",
+            move || {
+                let s = slot.lock().unwrap().take();
+                async move { s.ok_or_else(|| io::Error::other("used twice")) }
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let machines = c.machines().await.unwrap();
+        assert_eq!(machines[0].primary_ip, "10.0.0.1");
+    }
+}
