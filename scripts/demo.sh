@@ -98,7 +98,7 @@ done
 for i in $(seq 1 $N); do
   d=$ST/m$i
   mkdir -p $d/dbus $d/etc
-  printf 'f1ee7d%026x\n' $i > $d/machine-id
+  printf 'f1ee7d%02x%024x\n' $i $i > $d/machine-id
   (
     cg_enter m$i
     exec systemd-nspawn -D / --volatile=yes -M fldemo-m$i --hostname=fldemo-m$i -b \

@@ -158,9 +158,11 @@ impl Cluster {
         for (boot, netns) in boots.into_iter().zip(namespaces) {
             match boot.await {
                 Ok(Ok(machine)) => members.push(Member { machine, netns }),
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
                 Err(e) => {
-                    first_error = first_error.or(Some(anyhow::anyhow!("boot task failed: {e}")))
+                    first_error.get_or_insert(anyhow::anyhow!("boot task failed: {e}"));
                 }
             }
         }

@@ -85,6 +85,18 @@ async fn start_stop_destroy_through_fleetctl() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no second member"))?;
     assert_ne!(other.is_active("hello.service").await?, "active");
 
+    // Inside a machine, fleetctl reaches the API over the default unix socket.
+    let out = cluster.members[1]
+        .machine
+        .exec(&["/opt/fleet/fleetctl", "list-units", "--no-legend"])
+        .await?;
+    check(&out, "fleetctl list-units over /var/run/fleet.sock")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.starts_with("hello.service\t") && listed.contains("active"),
+        "list-units over the unix socket: {listed:?}"
+    );
+
     // stop: systemd reports it inactive, fleet keeps it loaded.
     let out = cluster.fleetctl(&["stop", "hello.service"]).await?;
     check(&out, "fleetctl stop")?;
