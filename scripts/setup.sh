@@ -10,6 +10,7 @@ packages=(
   systemd-container                   # systemd-nspawn: the test machines
   systemd dbus                        # the machines boot the host's own /usr
   nftables iproute2                   # network namespaces, cutting machines off
+  openssh-server openssh-client       # sshd in the test machines, ssh-agent/ssh-keygen for fleetctl's SSH tests
   curl ca-certificates
 )
 

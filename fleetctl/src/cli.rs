@@ -211,26 +211,104 @@ pub struct GlobalArgs {
     )]
     pub version: bool,
 
+    /// The fleetctl to run on the --tunnel host for `fd-forward` (it must
+    /// be on that host's PATH under this name, or be a full path).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_REMOTE_FLEETCTL",
+        default_value = "fleetctl",
+        hide = true
+    )]
+    pub remote_fleetctl: String,
+
     /// Print usage information and exit.
     #[arg(short = 'h', long = "help", alias = "h", global = true, action = ArgAction::Help)]
     pub help: Option<bool>,
 }
 
-/// The commands. Each one's help is the doc comment of its `Args`.
+/// The commands. Each one's help is the doc comment of its `Args`, or of
+/// the variant where two commands share their arguments.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Cat(cmd::cat::Args),
+    /// Generate shell completions (bash, zsh, fish, elvish, powershell)
+    Completion(cmd::completion::Args),
     Destroy(cmd::destroy::Args),
+    #[command(hide = true)]
+    FdForward(cmd::fd_forward::Args),
+    Journal(cmd::journal::Args),
     ListMachines(cmd::list_machines::Args),
     ListUnitFiles(cmd::list_unit_files::Args),
     ListUnits(cmd::list_units::Args),
-    Load(cmd::load::Args),
-    Start(cmd::start::Args),
-    Stop(cmd::stop::Args),
+    /// Schedule one or more units in the cluster, first submitting them if
+    /// necessary.
+    ///
+    /// For units which are not global, load operations are performed
+    /// synchronously: fleetctl blocks until the units are loaded. Load
+    /// operations on global units are always non-blocking.
+    Load(ScheduleArgs),
+    Restart(cmd::restart::Args),
+    Ssh(cmd::ssh::Args),
+    /// Instruct systemd to start one or more units in the cluster, first
+    /// submitting and loading if necessary.
+    ///
+    /// For units which are not global, start operations are performed
+    /// synchronously: fleetctl blocks until the units are launched and
+    /// systemd reports them active. Start operations on global units are
+    /// always non-blocking.
+    Start(ScheduleArgs),
+    Status(cmd::status::Args),
+    /// Instruct systemd to stop one or more units in the cluster.
+    ///
+    /// Stop one or more units from running in the cluster, but allow them
+    /// to be started again in the future. For units which are not global,
+    /// stop operations are performed synchronously. Stop operations on
+    /// global units are always non-blocking.
+    Stop(UnitsArgs),
     Submit(cmd::submit::Args),
-    Unload(cmd::unload::Args),
+    /// Unschedule one or more units in the cluster.
+    Unload(UnitsArgs),
+    /// DEPRECATED - No longer works
+    #[command(hide = true)]
+    Verify(cmd::verify::Args),
     /// Print the version and exit
     Version,
+}
+
+/// The arguments of `load` and `start`: submit if needed, then schedule.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// --no-block and --block-attempts.
+    #[command(flatten)]
+    pub block: BlockArgs,
+    /// --replace and --sign.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    /// Unit files or names.
+    #[arg(value_name = "UNIT")]
+    pub units: Vec<String>,
+}
+
+/// The arguments of `stop` and `unload`: change existing units.
+#[derive(Debug, clap::Args)]
+pub struct UnitsArgs {
+    /// --no-block and --block-attempts.
+    #[command(flatten)]
+    pub block: BlockArgs,
+    /// Unit names (or files, whose names are used).
+    #[arg(value_name = "UNIT")]
+    pub units: Vec<String>,
+}
+
+/// How the listings print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// The original's tab-aligned table.
+    Table,
+    /// The API objects as a JSON array (`--fields`, `--full` and
+    /// `--no-legend` do not apply).
+    Json,
 }
 
 /// `--no-block` and `--block-attempts`, shared by the commands that wait.
@@ -291,6 +369,10 @@ pub struct ListArgs {
         hide_default_value = true
     )]
     pub no_legend: bool,
+
+    /// Output format: "table" or "json"
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
 }
 
 #[cfg(test)]

@@ -1,42 +1,136 @@
 //! Choosing and building the client from the global flags.
 //!
-//! Only the API driver exists for now: `--driver=etcd` (or the deprecated
-//! `--experimental-api=false`, which meant the same) and `--tunnel` are
-//! refused with a clear message instead of being ignored.
+//! - `--driver=API` (the default): [`HttpClient`] on the first endpoint;
+//!   with `--tunnel`, over SSH channels to the bastion: for a unix endpoint
+//!   each request runs `fleetctl fd-forward <socket>` there and speaks HTTP
+//!   over its stdin/stdout, as the original did; for a TCP endpoint each
+//!   request is a `direct-tcpip` channel.
+//! - `--driver=etcd` (or the deprecated `--experimental-api=false`):
+//!   [`RegistryClient`] over [`EtcdKv`] under `--etcd-key-prefix`, the same
+//!   registry code fleetd runs. `--tunnel` is refused with it (etcd's gRPC
+//!   client cannot run over an SSH channel here).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::anyhow;
-use fleetd::client::HttpClient;
+use anyhow::{Context, anyhow, bail};
+use fleetd::client::http::{Target, endpoint_target};
+use fleetd::client::{HttpClient, RegistryClient};
+use fleetd::registry::{EtcdKv, Registry};
 
-use crate::cli::GlobalArgs;
+use crate::cli::{DEFAULT_ENDPOINT, GlobalArgs};
+use crate::ssh::{self, Session, SshConfig};
 use crate::ui::Ui;
 
 /// A request timeout of 0 means no limit; a year is as good.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The HTTP client the flags ask for. With several comma-separated
-/// endpoints only the first is used, with a warning, as in the original.
+/// Where the etcd driver goes when the endpoint was left at its (API)
+/// default.
+const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// The client the flags ask for.
+pub enum Client {
+    /// The fleet API.
+    Http(HttpClient),
+    /// etcd, directly (boxed: the etcd client is large).
+    Etcd(Box<RegistryClient<EtcdKv>>),
+}
+
+/// What `status`, `journal` and `ssh` need to reach machines: the SSH
+/// settings and the tunnel's session, when there is one.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// User, timeout, host-key checking.
+    pub ssh: SshConfig,
+    /// The bastion (`--tunnel`), already connected.
+    pub tunnel: Option<Arc<Session>>,
+}
+
+/// Expands a leading `~/` to `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// The SSH settings of the global flags.
+pub fn ssh_config(global: &GlobalArgs) -> SshConfig {
+    SshConfig {
+        user: global.ssh_username.clone(),
+        timeout: seconds(global.ssh_timeout),
+        known_hosts: global
+            .strict_host_key_checking
+            .then(|| expand_home(&global.known_hosts_file)),
+        forward_agent: false,
+    }
+}
+
+/// A duration of `s` seconds; 0 means no limit.
+fn seconds(s: f64) -> Duration {
+    if s > 0.0 {
+        Duration::try_from_secs_f64(s).unwrap_or(NO_LIMIT)
+    } else {
+        NO_LIMIT
+    }
+}
+
+/// Whether the flags select the etcd driver.
+fn etcd_driver(global: &GlobalArgs) -> anyhow::Result<bool> {
+    if global.driver.eq_ignore_ascii_case("etcd") || !global.experimental_api {
+        return Ok(true);
+    }
+    if global.driver.eq_ignore_ascii_case("API") {
+        return Ok(false);
+    }
+    Err(anyhow!(
+        "unrecognized driver {}",
+        crate::render::go_quote(&global.driver)
+    ))
+}
+
+/// Connects the tunnel, if `--tunnel` asks for one.
 ///
 /// # Errors
 ///
-/// An unknown or not yet supported driver, `--tunnel`, or an unusable
-/// endpoint.
-pub fn http_client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<HttpClient> {
-    let etcd = !global.experimental_api || global.driver.eq_ignore_ascii_case("etcd");
+/// A bad address, or the SSH connection failing.
+pub async fn tunnel(global: &GlobalArgs) -> anyhow::Result<Option<Arc<Session>>> {
+    if global.tunnel.is_empty() {
+        return Ok(None);
+    }
+    let (host, port) = ssh::split_host_port(&global.tunnel, 22)?;
+    let session = Session::connect(&ssh_config(global), &host, port)
+        .await
+        .with_context(|| format!("failed initializing SSH client to {}", global.tunnel))?;
+    Ok(Some(Arc::new(session)))
+}
+
+/// The client the flags ask for, and the SSH context of the commands that
+/// reach machines. With several comma-separated API endpoints only the
+/// first is used, with a warning, as in the original.
+///
+/// # Errors
+///
+/// An unknown driver, an unusable endpoint, `--tunnel` with the etcd
+/// driver, or the tunnel failing to connect.
+pub async fn client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<(Client, Remote)> {
+    let etcd = etcd_driver(global)?;
+    let tunnel = if etcd {
+        if !global.tunnel.is_empty() {
+            bail!("--tunnel is not supported with the etcd driver; use --driver=API");
+        }
+        None
+    } else {
+        tunnel(global).await?
+    };
+    let remote = Remote {
+        ssh: ssh_config(global),
+        tunnel: tunnel.clone(),
+    };
     if etcd {
-        return Err(anyhow!(
-            "the etcd driver is not supported yet; use --driver=API with the fleet API endpoint"
-        ));
-    }
-    if !global.driver.eq_ignore_ascii_case("API") {
-        return Err(anyhow!(
-            "unrecognized driver {}",
-            crate::render::go_quote(&global.driver)
-        ));
-    }
-    if !global.tunnel.is_empty() {
-        return Err(anyhow!("--tunnel is not supported yet"));
+        return Ok((Client::Etcd(Box::new(etcd_client(global).await?)), remote));
     }
     let mut endpoints = global.endpoint.split(',');
     let first = endpoints.next().unwrap_or_default().trim();
@@ -45,12 +139,72 @@ pub fn http_client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<HttpClien
             "WARNING: multiple endpoints provided but only the first ({first}) is used"
         ));
     }
-    let timeout = if global.request_timeout > 0.0 {
-        Duration::try_from_secs_f64(global.request_timeout).unwrap_or(NO_LIMIT)
-    } else {
-        NO_LIMIT
+    let timeout = seconds(global.request_timeout);
+    let http = match tunnel {
+        None => HttpClient::new(first, timeout)?,
+        Some(session) => tunneled(first, session, &global.remote_fleetctl, timeout)?,
     };
-    Ok(HttpClient::new(first, timeout)?)
+    Ok((Client::Http(http), remote))
+}
+
+/// An [`HttpClient`] whose requests travel through `session`.
+fn tunneled(
+    endpoint: &str,
+    session: Arc<Session>,
+    remote_fleetctl: &str,
+    timeout: Duration,
+) -> anyhow::Result<HttpClient> {
+    let client = match endpoint_target(endpoint)? {
+        Target::Unix(path) => {
+            let command = format!("{remote_fleetctl} fd-forward {path}");
+            HttpClient::over_stream(
+                endpoint,
+                move || {
+                    let (session, command) = (session.clone(), command.clone());
+                    async move { session.exec_stream(&command).await }
+                },
+                timeout,
+            )?
+        }
+        Target::Tcp { host, port } => HttpClient::over_stream(
+            endpoint,
+            move || {
+                let (session, host) = (session.clone(), host.clone());
+                async move { session.direct_tcpip(&host, port).await }
+            },
+            timeout,
+        )?,
+    };
+    Ok(client)
+}
+
+/// The etcd driver's client.
+async fn etcd_client(global: &GlobalArgs) -> anyhow::Result<RegistryClient<EtcdKv>> {
+    let endpoint = if global.endpoint == DEFAULT_ENDPOINT {
+        DEFAULT_ETCD_ENDPOINT
+    } else {
+        global.endpoint.as_str()
+    };
+    let endpoints: Vec<String> = endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        bail!("no etcd endpoint given");
+    }
+    if endpoints
+        .iter()
+        .any(|e| e.starts_with("unix:") || e.starts_with("file:"))
+    {
+        bail!("the etcd driver needs http:// etcd endpoints, not {endpoint}");
+    }
+    let kv = EtcdKv::connect(&endpoints, seconds(global.request_timeout)).await?;
+    Ok(RegistryClient::new(Registry::new(
+        kv,
+        &global.etcd_key_prefix,
+    )))
 }
 
 #[cfg(test)]
@@ -60,7 +214,7 @@ mod tests {
     use crate::ui::testing::capture;
     use clap::Parser;
 
-    fn client(args: &[&str]) -> (anyhow::Result<HttpClient>, String) {
+    fn client(args: &[&str]) -> (anyhow::Result<Client>, String) {
         let cli = Cli::try_parse_from(
             std::iter::once("fleetctl")
                 .chain(args.iter().copied())
@@ -68,42 +222,92 @@ mod tests {
         )
         .unwrap();
         let (mut ui, _, err) = capture();
-        (http_client(&cli.global, &mut ui), err.text())
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = rt.block_on(super::client(&cli.global, &mut ui));
+        (result.map(|(c, _)| c), err.text())
+    }
+
+    fn endpoint(c: anyhow::Result<Client>) -> String {
+        match c.unwrap() {
+            Client::Http(h) => h.endpoint().to_owned(),
+            Client::Etcd(_) => panic!("etcd client"),
+        }
     }
 
     #[test]
     fn drivers() {
         assert!(client(&[]).0.is_ok());
         assert!(client(&["--driver=api"]).0.is_ok());
-        let err = client(&["--driver=etcd"]).0.unwrap_err();
-        assert!(
-            err.to_string().contains("etcd driver is not supported yet"),
-            "{err}"
-        );
-        let err = client(&["--experimental-api=false"]).0.unwrap_err();
-        assert!(err.to_string().contains("etcd driver"), "{err}");
-        let err = client(&["--driver=zookeeper"]).0.unwrap_err();
+        // The etcd connection is lazy: the client is built without a server.
+        assert!(matches!(
+            client(&["--driver=etcd", "--endpoint=http://127.0.0.1:1"]).0,
+            Ok(Client::Etcd(_))
+        ));
+        assert!(matches!(
+            client(&["--experimental-api=false"]).0,
+            Ok(Client::Etcd(_))
+        ));
+        let err = client(&["--driver=zookeeper"]).0.err().unwrap();
         assert_eq!(err.to_string(), r#"unrecognized driver "zookeeper""#);
-        let err = client(&["--tunnel=bastion"]).0.unwrap_err();
+        let err = client(&["--driver=etcd", "--tunnel=bastion"])
+            .0
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("--tunnel"), "{err}");
+        let err = client(&["--driver=etcd", "--endpoint=unix:///x"])
+            .0
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("http://"), "{err}");
     }
 
     #[test]
     fn endpoints() {
         let (c, warn) = client(&["--endpoint=http://a:1,http://b:2"]);
-        assert_eq!(c.unwrap().endpoint(), "http://a:1");
+        assert_eq!(endpoint(c), "http://a:1");
         assert!(
             warn.contains("only the first (http://a:1) is used"),
             "{warn}"
         );
         let err = client(&["--endpoint=unix://var/run/fleet.sock"])
             .0
-            .unwrap_err();
+            .err()
+            .unwrap();
         assert!(
             format!("{err:#}").contains(r#"unable to connect to host "var" with scheme "unix""#),
             "{err:#}"
         );
         assert!(client(&["--endpoint=https://a:1"]).0.is_err());
         assert!(client(&["--request-timeout=0"]).0.is_ok());
+    }
+
+    #[test]
+    fn ssh_settings() {
+        let cli = Cli::try_parse_from([
+            "fleetctl",
+            "--ssh-username=root",
+            "--ssh-timeout=2.5",
+            "--known-hosts-file=/tmp/kh",
+            "status",
+            "x",
+        ])
+        .unwrap();
+        let c = ssh_config(&cli.global);
+        assert_eq!(c.user, "root");
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.known_hosts, Some(PathBuf::from("/tmp/kh")));
+        let cli = Cli::try_parse_from([
+            "fleetctl",
+            "--strict-host-key-checking=false",
+            "status",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(ssh_config(&cli.global).known_hosts, None);
+        assert!(expand_home("~/.fleetctl/known_hosts").ends_with(".fleetctl/known_hosts"));
+        assert_eq!(expand_home("/a"), PathBuf::from("/a"));
     }
 }

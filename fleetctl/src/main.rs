@@ -3,7 +3,10 @@
 //! Layout:
 //! - `cli`: the command line (clap derive): global flags with their
 //!   `FLEETCTL_*` fallbacks, and each command's arguments.
-//! - `connect`: the client the global flags ask for.
+//! - `connect`: the client the global flags ask for (API, tunnelled API, or
+//!   etcd).
+//! - `ssh`: SSH over ssh-agent with known-hosts checking, for `--tunnel`,
+//!   `status`, `journal` and `ssh`.
 //! - `cmd`: one module per command, plus what they share (creating units,
 //!   setting desired states, waiting).
 //! - `units_io`: unit files on disk, name mangling, template lookup.
@@ -17,6 +20,7 @@ mod cli;
 mod cmd;
 mod connect;
 mod render;
+mod ssh;
 mod ui;
 mod units_io;
 
@@ -29,6 +33,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 use crate::cmd::Exit;
+use crate::connect::Client;
 use crate::ui::Ui;
 
 fn main() -> ExitCode {
@@ -66,15 +71,26 @@ fn run(cli: Cli, ui: &mut Ui) -> anyhow::Result<Exit> {
     if let Some(exit) = cmd::check_sign(&command, ui) {
         return Ok(exit);
     }
-    if !cmd::needs_cluster(&command) {
-        return cmd::version::run(ui);
-    }
-    let api = connect::http_client(&cli.global, ui).context("Unable to initialize client")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(cmd::run(command, &api, ui))
+    let result = runtime.block_on(async {
+        if !cmd::needs_cluster(&command) {
+            return cmd::run_local(command, ui).await;
+        }
+        let (client, remote) = connect::client(&cli.global, ui)
+            .await
+            .context("Unable to initialize client")?;
+        match client {
+            Client::Http(api) => cmd::run(command, &api, ui, &remote).await,
+            Client::Etcd(api) => cmd::run(command, &*api, ui, &remote).await,
+        }
+    });
+    // Reading stdin (ssh, fd-forward) blocks a thread that never returns
+    // while stdin stays open; don't wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 /// Prints a command-line error (or the help and version clap prints as

@@ -9,7 +9,7 @@
 //! quietly on a broken pipe. Writing to stderr cannot usefully fail: errors
 //! there are ignored.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 /// The two output streams.
 pub struct Ui {
@@ -17,24 +17,57 @@ pub struct Ui {
     out: Box<dyn Write>,
     /// Where warnings and errors go (stderr).
     err: Box<dyn Write>,
+    /// Whether stderr is a terminal, so a progress line may be drawn and
+    /// redrawn there (never in pipes or files, where scripts read it).
+    progress: bool,
+    /// Whether a progress line is on the screen now, to be erased before
+    /// anything else is printed.
+    progress_shown: bool,
 }
 
 impl Ui {
-    /// The process's stdout and stderr.
+    /// The process's stdout and stderr; progress lines when stderr is a
+    /// terminal.
     pub fn stdio() -> Ui {
-        Ui::new(io::stdout(), io::stderr())
+        let mut ui = Ui::new(io::stdout(), io::stderr());
+        ui.progress = io::stderr().is_terminal();
+        ui
     }
 
-    /// Any two writers (tests pass buffers).
+    /// Any two writers (tests pass buffers). No progress lines.
     pub fn new(out: impl Write + 'static, err: impl Write + 'static) -> Ui {
         Ui {
             out: Box::new(out),
             err: Box::new(err),
+            progress: false,
+            progress_shown: false,
+        }
+    }
+
+    /// Draws `line` as the progress line on stderr, replacing the previous
+    /// one; nothing unless stderr is a terminal.
+    pub fn progress(&mut self, line: &str) {
+        if !self.progress {
+            return;
+        }
+        // \r and "erase to end of line": redraw in place. Best effort.
+        let _ = write!(self.err, "\r\x1b[K{line}");
+        let _ = self.err.flush();
+        self.progress_shown = true;
+    }
+
+    /// Erases the progress line, if one is shown.
+    pub fn clear_progress(&mut self) {
+        if self.progress_shown {
+            let _ = write!(self.err, "\r\x1b[K");
+            let _ = self.err.flush();
+            self.progress_shown = false;
         }
     }
 
     /// Writes `text` to stdout as is.
     pub fn print(&mut self, text: &str) -> io::Result<()> {
+        self.clear_progress();
         self.out.write_all(text.as_bytes())?;
         self.out.flush()
     }
@@ -58,6 +91,7 @@ impl Ui {
         } else {
             format!("{line}\n")
         };
+        self.clear_progress();
         // Nothing sensible to do when stderr itself is gone.
         let _ = self.err.write_all(text.as_bytes());
         let _ = self.err.flush();
@@ -99,5 +133,36 @@ pub mod testing {
     pub fn capture() -> (Ui, Buf, Buf) {
         let (out, err) = (Buf::default(), Buf::default());
         (Ui::new(out.clone(), err.clone()), out, err)
+    }
+
+    /// As [`capture`], drawing progress lines as on a terminal.
+    pub fn capture_with_progress() -> (Ui, Buf, Buf) {
+        let (mut ui, out, err) = capture();
+        ui.progress = true;
+        (ui, out, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{capture, capture_with_progress};
+
+    #[test]
+    fn progress_only_on_terminals_and_erased_before_output() {
+        let (mut ui, _, err) = capture();
+        ui.progress("1/10");
+        assert_eq!(err.text(), "");
+        let (mut ui, out, err) = capture_with_progress();
+        ui.progress("1/10");
+        ui.progress("2/10");
+        ui.say("Unit a launched").unwrap();
+        assert_eq!(out.text(), "Unit a launched\n");
+        assert_eq!(err.text(), "\r\x1b[K1/10\r\x1b[K2/10\r\x1b[K");
+        ui.clear_progress();
+        assert_eq!(
+            err.text(),
+            "\r\x1b[K1/10\r\x1b[K2/10\r\x1b[K",
+            "cleared once"
+        );
     }
 }

@@ -767,14 +767,20 @@ async fn endpoint_from_environment() {
     // An empty variable counts as unset.
     let r = fleetctl_env(
         d,
-        &[("FLEETCTL_ENDPOINT", ""), ("FLEETCTL_DRIVER", "etcd")],
+        &[
+            ("FLEETCTL_ENDPOINT", ""),
+            ("FLEETCTL_DRIVER", "etcd"),
+            ("FLEETCTL_TUNNEL", "bastion"),
+        ],
         &["list-units"],
     )
     .await;
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr
-            .starts_with("Unable to initialize client: the etcd driver is not supported yet"),
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (
+            1,
+            "Unable to initialize client: --tunnel is not supported with the etcd driver; use --driver=API\n"
+        ),
         "{r:?}"
     );
 }
@@ -865,13 +871,34 @@ async fn version_help_and_flag_errors() {
         ),
         "{r:?}"
     );
-    let r = fleetctl_env(d, &[], &["--tunnel=bastion", "list-units"]).await;
+    let r = fleetctl_env(d, &[], &["verify", "x.service"]).await;
     assert_eq!(
         (r.code, r.stderr.as_str()),
         (
-            1,
-            "Unable to initialize client: --tunnel is not supported yet\n"
+            2,
+            "WARNING: The signed/verified units feature is DEPRECATED and cannot be used.\n"
         ),
         "{r:?}"
     );
+    // A tunnel host nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tunnel = format!("--tunnel=127.0.0.1:{port}");
+    let r = fleetctl_env(d, &[], &[&tunnel, "list-units"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.starts_with(&format!(
+            "Unable to initialize client: failed initializing SSH client to 127.0.0.1:{port}: cannot dial 127.0.0.1:{port}: "
+        )),
+        "{r:?}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let r = fleetctl_env(d, &[], &["completion", shell]).await;
+        assert_eq!(r.code, 0, "{shell}: {r:?}");
+        assert!(r.stdout.contains("list-machines"), "{shell}: {r:?}");
+    }
+    let r = fleetctl_env(d, &[], &["completion", "tcsh"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
 }

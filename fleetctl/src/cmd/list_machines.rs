@@ -4,7 +4,7 @@ use anyhow::Context;
 use fleetd::client::FleetApi;
 
 use super::{Ctx, Exit};
-use crate::cli::ListArgs;
+use crate::cli::{ListArgs, OutputFormat};
 use crate::render;
 
 /// Enumerate the current hosts in the cluster.
@@ -36,6 +36,9 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         .machines()
         .await
         .context("Error retrieving list of active machines")?;
+    if args.list.output == OutputFormat::Json {
+        return super::print_json(ctx.ui, &machines);
+    }
     let table = render::list_machines(&fields, &machines, args.list.full, !args.list.no_legend);
     ctx.ui.print(&table)?;
     Ok(Exit::Success)

@@ -4,7 +4,7 @@ use anyhow::Context;
 use fleetd::client::FleetApi;
 
 use super::{Ctx, Exit};
-use crate::cli::ListArgs;
+use crate::cli::{ListArgs, OutputFormat};
 use crate::render::{self, MachineIndex};
 use crate::units_io;
 
@@ -41,6 +41,9 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         .units()
         .await
         .context("Error retrieving list of units from repository")?;
+    if args.list.output == OutputFormat::Json {
+        return super::print_json(ctx.ui, &units);
+    }
     let facts: Vec<_> = units.iter().map(units_io::facts).collect();
     let needs_machines = fields.iter().any(|f| matches!(*f, "target" | "tmachine"))
         && units.iter().any(|u| !u.machine_id.is_empty());

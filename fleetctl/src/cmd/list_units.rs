@@ -4,7 +4,7 @@ use anyhow::Context;
 use fleetd::client::FleetApi;
 
 use super::{Ctx, Exit};
-use crate::cli::ListArgs;
+use crate::cli::{ListArgs, OutputFormat};
 use crate::render::{self, MachineIndex};
 
 /// List the current state of units in the cluster.
@@ -36,6 +36,9 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         .unit_states()
         .await
         .context("Error retrieving list of units from repository")?;
+    if args.list.output == OutputFormat::Json {
+        return super::print_json(ctx.ui, &states);
+    }
     let needs_machines =
         fields.contains(&"machine") && states.iter().any(|s| !s.machine_id.is_empty());
     let machines = if needs_machines {

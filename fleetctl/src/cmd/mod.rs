@@ -13,26 +13,36 @@
 //! original waited only with `--no-block`).
 
 pub mod cat;
+pub mod completion;
 pub mod destroy;
+pub mod fd_forward;
+pub mod journal;
 pub mod list_machines;
 pub mod list_unit_files;
 pub mod list_units;
 pub mod load;
+mod remote;
+pub mod restart;
+pub mod ssh;
 pub mod start;
+pub mod status;
 pub mod stop;
 pub mod submit;
 pub mod unload;
+pub mod verify;
 pub mod version;
 mod wait;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use anyhow::{Context, anyhow};
 use fleetd::client::FleetApi;
 use fleetd::schema::{TargetState, Unit};
 use units::UnitName;
 
-use crate::cli::Command;
+use crate::cli::{BlockArgs, Command, ScheduleArgs};
+use crate::connect::Remote;
 use crate::render::{self, MachineIndex, go_quote};
 use crate::ui::Ui;
 use crate::units_io::{self, LocalMatch};
@@ -48,6 +58,9 @@ pub enum Exit {
     Failure,
     /// 2: misuse, such as the deprecated `--sign`.
     Usage,
+    /// The exit status of a command run on a machine (`status`, `journal`,
+    /// `ssh`), passed through.
+    Status(u8),
 }
 
 impl Exit {
@@ -57,6 +70,15 @@ impl Exit {
             Exit::Success => 0,
             Exit::Failure => 1,
             Exit::Usage => 2,
+            Exit::Status(code) => code,
+        }
+    }
+
+    /// A command's exit status as ours (statuses above 255 saturate).
+    pub fn from_status(code: u32) -> Exit {
+        match code {
+            0 => Exit::Success,
+            c => Exit::Status(u8::try_from(c).unwrap_or(u8::MAX)),
         }
     }
 }
@@ -67,17 +89,21 @@ pub struct Ctx<'a, A> {
     pub api: &'a A,
     /// Where messages go.
     pub ui: &'a mut Ui,
+    /// How to reach machines over SSH (`status`, `journal`, `ssh`).
+    pub remote: &'a Remote,
     /// Machines by ID, fetched once when first needed (the original's
     /// `cachedMachineState`); `None` until then.
     machines: Option<MachineIndex>,
 }
 
 impl<'a, A: FleetApi> Ctx<'a, A> {
-    /// A context over `api` writing to `ui`.
-    pub fn new(api: &'a A, ui: &'a mut Ui) -> Self {
+    /// A context over `api` writing to `ui`, reaching machines as `remote`
+    /// says.
+    pub fn new(api: &'a A, ui: &'a mut Ui, remote: &'a Remote) -> Self {
         Ctx {
             api,
             ui,
+            remote,
             machines: None,
         }
     }
@@ -99,28 +125,53 @@ impl<'a, A: FleetApi> Ctx<'a, A> {
     }
 }
 
-/// Runs a command that needs the cluster. `version` and the help never get
-/// here.
-pub async fn run<A: FleetApi>(command: Command, api: &A, ui: &mut Ui) -> anyhow::Result<Exit> {
-    let mut ctx = Ctx::new(api, ui);
+/// Runs a command that needs the cluster. The commands of
+/// [`run_local`] and the help never get here.
+pub async fn run<A: FleetApi>(
+    command: Command,
+    api: &A,
+    ui: &mut Ui,
+    remote: &Remote,
+) -> anyhow::Result<Exit> {
+    let mut ctx = Ctx::new(api, ui, remote);
     match command {
         Command::Cat(a) => cat::run(&a, &mut ctx).await,
         Command::Destroy(a) => destroy::run(&a, &mut ctx).await,
+        Command::Journal(a) => journal::run(&a, &mut ctx).await,
         Command::ListMachines(a) => list_machines::run(&a, &mut ctx).await,
         Command::ListUnitFiles(a) => list_unit_files::run(&a, &mut ctx).await,
         Command::ListUnits(a) => list_units::run(&a, &mut ctx).await,
         Command::Load(a) => load::run(&a, &mut ctx).await,
+        Command::Restart(a) => restart::run(&a, &mut ctx).await,
+        Command::Ssh(a) => ssh::run(&a, &mut ctx).await,
         Command::Start(a) => start::run(&a, &mut ctx).await,
+        Command::Status(a) => status::run(&a, &mut ctx).await,
         Command::Stop(a) => stop::run(&a, &mut ctx).await,
         Command::Submit(a) => submit::run(&a, &mut ctx).await,
         Command::Unload(a) => unload::run(&a, &mut ctx).await,
-        Command::Version => version::run(ctx.ui),
+        Command::Completion(_) | Command::FdForward(_) | Command::Verify(_) | Command::Version => {
+            run_local(command, ui).await
+        }
     }
 }
 
-/// Whether the command talks to the cluster (everything but `version`).
+/// Runs a command that needs no cluster: `version`, `completion`,
+/// `fd-forward` and `verify`.
+pub async fn run_local(command: Command, ui: &mut Ui) -> anyhow::Result<Exit> {
+    match command {
+        Command::Completion(a) => completion::run(&a, ui),
+        Command::FdForward(a) => fd_forward::run(&a).await,
+        Command::Verify(_) => Ok(verify::run(ui)),
+        _ => version::run(ui),
+    }
+}
+
+/// Whether the command talks to the cluster.
 pub fn needs_cluster(command: &Command) -> bool {
-    !matches!(command, Command::Version)
+    !matches!(
+        command,
+        Command::Version | Command::Completion(_) | Command::FdForward(_) | Command::Verify(_)
+    )
 }
 
 /// Refuses the deprecated `--sign`, as the original: a warning and exit 2.
@@ -347,7 +398,7 @@ pub async fn wait_or_trigger<A: FleetApi>(
     names: &[String],
     verb: &str,
     state: TargetState,
-    block: crate::cli::BlockArgs,
+    block: BlockArgs,
 ) -> anyhow::Result<bool> {
     if block.no_block {
         for name in names {
@@ -376,4 +427,86 @@ pub fn require_units(ui: &mut Ui, units: &[String]) -> Option<Exit> {
     } else {
         None
     }
+}
+
+/// What `load` and `start` share: submit the units if needed, set their
+/// desired state (`verb`: "load" or "start"), print the global ones and wait
+/// for the others. Breaks with the exit status when the command is over
+/// early (no units, or a failed wait); otherwise continues with the names
+/// waited for.
+pub async fn schedule<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    args: &ScheduleArgs,
+    command: CreateFor,
+    state: TargetState,
+    verb: &str,
+) -> anyhow::Result<ControlFlow<Exit, Vec<String>>> {
+    if let Some(exit) = require_units(ctx.ui, &args.units) {
+        return Ok(ControlFlow::Break(exit));
+    }
+    create_units(
+        ctx,
+        &args.units,
+        args.submit.replace,
+        command,
+        Budget(args.block.block_attempts),
+    )
+    .await
+    .context("Error creating units")?;
+    let names: Vec<String> = args.units.iter().map(|a| units_io::unit_name(a)).collect();
+    let triggered = set_target_states(ctx, &names, state)
+        .await
+        .with_context(|| format!("Error {verb}ing units"))?;
+    let waiting = split_global(ctx.ui, &triggered, verb)?;
+    if !wait_or_trigger(ctx, &waiting, verb, state, args.block).await? {
+        ctx.ui.warn("Error waiting for unit states, exit status: 1");
+        return Ok(ControlFlow::Break(Exit::Failure));
+    }
+    Ok(ControlFlow::Continue(waiting))
+}
+
+/// What `stop` and `unload` share once they have chosen their units: set
+/// `state` on each (`verb`, `verbing` and `done` name the action in
+/// messages: "stop", "stopping", "stopped"), print the global ones, wait for the others and report
+/// `Successfully <done> units [...]` or the failure on stderr.
+pub async fn change_and_report<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    units: &[&Unit],
+    state: TargetState,
+    (verb, verbing, done): (&str, &str, &str),
+    block: BlockArgs,
+) -> anyhow::Result<Exit> {
+    let mut waiting = Vec::new();
+    for u in units {
+        tracing::debug!(unit = %u.name, %state, "setting target state");
+        ctx.api
+            .set_unit_target_state(&u.name, state)
+            .await
+            .with_context(|| format!("Error {verbing} unit {}", u.name))?;
+        if units_io::is_global(u) {
+            ctx.ui
+                .say(format!("Triggered global unit {} {verb}", u.name))?;
+        } else {
+            waiting.push(u.name.clone());
+        }
+    }
+    if wait_or_trigger(ctx, &waiting, verb, state, block).await? {
+        ctx.ui
+            .warn(format!("Successfully {done} units {}.", go_list(&waiting)));
+        Ok(Exit::Success)
+    } else {
+        ctx.ui.warn(format!(
+            "Failed to {verb} units {}. exit == 1.",
+            go_list(&waiting)
+        ));
+        Ok(Exit::Failure)
+    }
+}
+
+/// Prints `items` as a pretty JSON array (the listings' `--output json`).
+pub fn print_json<T: serde::Serialize>(ui: &mut Ui, items: &[T]) -> anyhow::Result<Exit> {
+    let mut text = serde_json::to_string_pretty(items).context("cannot encode JSON")?;
+    text.push('\n');
+    ui.print(&text)?;
+    Ok(Exit::Success)
 }

@@ -23,6 +23,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Time one `--block-attempts` attempt allows.
 pub const ATTEMPT: Duration = Duration::from_secs(2);
 
+/// From how many units a wait draws a progress line (on a terminal only).
+pub const PROGRESS_MIN_UNITS: usize = 5;
+
 /// How long a wait may last: this many [`ATTEMPT`]s, or forever for 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget(pub u32);
@@ -65,11 +68,20 @@ where
         }
         pending = still;
         if pending.is_empty() {
+            ctx.ui.clear_progress();
             return Ok(errors);
         }
         if deadline.is_some_and(|d| Instant::now() + POLL_INTERVAL > d) {
+            ctx.ui.clear_progress();
             errors.extend(pending.iter().map(|n| timeout(n)));
             return Ok(errors);
+        }
+        if names.len() >= PROGRESS_MIN_UNITS {
+            ctx.ui.progress(&format!(
+                "Waiting for {} of {} units...",
+                pending.len(),
+                names.len()
+            ));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

@@ -86,11 +86,27 @@ impl InvalidEndpoint {
 
 /// Where an endpoint URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
+pub enum Target {
     /// A unix socket at this path.
     Unix(String),
     /// A TCP address: host (without IPv6 brackets) and port.
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// Where `endpoint` points, for a caller that opens the streams itself
+/// (fleetctl's `--tunnel`: an `fd-forward` command for a unix socket, a
+/// `direct-tcpip` channel for TCP) and then uses [`HttpClient::over_stream`].
+///
+/// # Errors
+///
+/// As [`HttpClient::new`] for an unusable `endpoint`.
+pub fn endpoint_target(endpoint: &str) -> std::result::Result<Target, InvalidEndpoint> {
+    Endpoint::parse(endpoint).map(|e| e.target)
 }
 
 /// A parsed endpoint URL.
@@ -603,6 +619,22 @@ mod tests {
     use std::sync::Mutex;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn endpoint_targets() {
+        assert_eq!(
+            endpoint_target("unix:///var/run/fleet.sock").unwrap(),
+            Target::Unix("/var/run/fleet.sock".into())
+        );
+        assert_eq!(
+            endpoint_target("http://10.0.0.1:49153/x").unwrap(),
+            Target::Tcp {
+                host: "10.0.0.1".into(),
+                port: 49153
+            }
+        );
+        assert!(endpoint_target("unix://var/run/fleet.sock").is_err());
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -1,0 +1,134 @@
+//! `fleetctl journal UNIT`: the unit's journal on its machine.
+
+use fleetd::client::FleetApi;
+
+use super::{Ctx, Exit, remote, status};
+use crate::cli::go_bool;
+use crate::units_io;
+
+/// Print the journal of a unit in the cluster to stdout.
+///
+/// Runs `journalctl` on the machine the unit is scheduled to, locally or
+/// over SSH (through --tunnel when given).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of recent log lines to return.
+    #[arg(long, default_value_t = 10)]
+    pub lines: u32,
+    /// Continuously print new entries as they are appended to the journal.
+    #[arg(
+        long, short = 'f', alias = "f", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_value = "false", default_missing_value = "true",
+        value_parser = go_bool, hide_default_value = true
+    )]
+    pub follow: bool,
+    /// Output mode. This will be passed unaltered to journalctl on the remote
+    /// host, and hence supports the same modes.
+    #[arg(long, default_value = "short")]
+    pub output: String,
+    /// Execute journal command with sudo.
+    #[arg(
+        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+        default_value = "false", default_missing_value = "true", value_parser = go_bool,
+        hide_default_value = true
+    )]
+    pub sudo: bool,
+    /// Connect to remote hosts over SSH using this TCP port.
+    #[arg(long, default_value_t = 22)]
+    pub ssh_port: u16,
+    /// The unit (exactly one).
+    #[arg(value_name = "UNIT")]
+    pub units: Vec<String>,
+}
+
+/// The journalctl command line: `[sudo -n] journalctl --unit <u> --no-pager
+/// -n <lines> --output <mode> [-f]`.
+pub fn journal_command(args: &Args, name: &str) -> (String, Vec<String>) {
+    let mut cmd: Vec<String> = vec![
+        "journalctl".into(),
+        "--unit".into(),
+        name.into(),
+        "--no-pager".into(),
+        "-n".into(),
+        args.lines.to_string(),
+        "--output".into(),
+        args.output.clone(),
+    ];
+    if args.sudo {
+        cmd.splice(0..0, ["sudo".to_owned(), "-n".to_owned()]);
+    }
+    if args.follow {
+        cmd.push("-f".into());
+    }
+    let program = cmd.remove(0);
+    (program, cmd)
+}
+
+/// Runs journalctl for the unit on its machine.
+pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
+    let [arg] = args.units.as_slice() else {
+        ctx.ui.warn("One unit file must be provided.");
+        return Ok(Exit::Failure);
+    };
+    let name = units_io::unit_name(arg);
+    let Some(machine) = status::unit_machine(ctx, &name, "journal").await? else {
+        return Ok(Exit::Failure);
+    };
+    let (program, cmd_args) = journal_command(args, &name);
+    remote::run_on_machine(ctx, &machine, args.ssh_port, &program, &cmd_args).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Args {
+        match Cli::try_parse_from(std::iter::once("fleetctl").chain(args.iter().copied()))
+            .unwrap()
+            .command
+        {
+            Some(Command::Journal(a)) => a,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        let a = parse(&["journal", "x"]);
+        let (p, rest) = journal_command(&a, "x.service");
+        assert_eq!(p, "journalctl");
+        assert_eq!(
+            rest,
+            [
+                "--unit",
+                "x.service",
+                "--no-pager",
+                "-n",
+                "10",
+                "--output",
+                "short"
+            ]
+        );
+        let a = parse(&["journal", "--sudo", "--lines=3", "-f", "--output=cat", "x"]);
+        let (p, rest) = journal_command(&a, "x.service");
+        assert_eq!(p, "sudo");
+        assert_eq!(
+            rest,
+            [
+                "-n",
+                "journalctl",
+                "--unit",
+                "x.service",
+                "--no-pager",
+                "-n",
+                "3",
+                "--output",
+                "cat",
+                "-f"
+            ]
+        );
+        assert!(parse(&["journal", "--f", "x"]).follow);
+    }
+}

@@ -1,0 +1,633 @@
+//! SSH, as fleetctl uses it (fleet-reference.md §8.4): the `--tunnel` to a
+//! bastion, and the remote commands of `status`, `journal` and `ssh`.
+//!
+//! - Authentication is through ssh-agent only (`SSH_AUTH_SOCK`), as in the
+//!   original: every identity the agent holds is tried in turn.
+//! - Host keys are checked against an OpenSSH-style known-hosts file
+//!   (`~/.fleetctl/known_hosts` by default). An unknown host is asked about
+//!   on stderr (`yes`/`y` on stdin records it); a changed key prints
+//!   OpenSSH's "REMOTE HOST IDENTIFICATION HAS CHANGED" banner and fails.
+//!   `--strict-host-key-checking=false` skips the check.
+//! - A [`Session`] to a machine behind the bastion is a second SSH handshake
+//!   over a `direct-tcpip` channel of the bastion's session
+//!   ([`Session::connect_via`]).
+//!
+//! The host-key prompt writes to the process's stderr and reads its stdin
+//! directly rather than through [`crate::ui::Ui`]: it runs inside russh's
+//! `Send` handler, and it is a conversation with the person at the terminal,
+//! not command output.
+//!
+//! Design cost: `--ssh-timeout` bounds the TCP dial and the handshake, but
+//! not the time a person takes to answer the host-key prompt (the
+//! handshake's timer is paused by nothing, so the prompt happens after the
+//! dial, inside a generous handshake deadline of its own).
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use russh::client::{self, Handle, Msg};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg, ChannelStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// The terminal type requested for an interactive shell.
+const TERM: &str = "xterm-256color";
+
+/// How long a person may take to answer the host-key prompt.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What every SSH connection of one fleetctl run shares.
+#[derive(Clone, Debug)]
+pub struct SshConfig {
+    /// The user to log in as (`--ssh-username`).
+    pub user: String,
+    /// Dial and handshake deadline (`--ssh-timeout`).
+    pub timeout: Duration,
+    /// The known-hosts file; `None` when host keys are not checked
+    /// (`--strict-host-key-checking=false`).
+    pub known_hosts: Option<PathBuf>,
+    /// Whether to ask for agent forwarding on sessions (`--forward-agent`).
+    pub forward_agent: bool,
+}
+
+/// Errors of the SSH handshake that the user must see as such.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// The server's host key differs from the recorded one.
+    #[error("host key mismatch for {host} (line {line} of {file})")]
+    HostKeyChanged {
+        /// `host` or `[host]:port`.
+        host: String,
+        /// The offending line of the known-hosts file.
+        line: usize,
+        /// The known-hosts file.
+        file: String,
+    },
+    /// The user did not accept an unknown host key.
+    #[error("host key verification failed for {0}")]
+    HostKeyRejected(String),
+    /// The known-hosts file could not be read or written.
+    #[error("known hosts file {file}")]
+    KnownHosts {
+        /// The file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: russh::keys::Error,
+    },
+    /// The SSH protocol failed.
+    #[error(transparent)]
+    Ssh(#[from] russh::Error),
+}
+
+/// The `russh` handler: checks the host key and serves forwarded agent
+/// channels.
+struct Client {
+    /// The host as dialled, for the known-hosts record.
+    host: String,
+    /// The port as dialled.
+    port: u16,
+    /// The known-hosts file, or `None` to accept any key.
+    known_hosts: Option<PathBuf>,
+}
+
+/// `host` on port 22, `[host]:port` otherwise: how known-hosts names it.
+fn known_hosts_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// The MD5 fingerprint of a key as `aa:bb:...`, as the original showed it.
+fn md5_fingerprint(key: &PublicKey) -> String {
+    let blob = key.to_bytes().unwrap_or_default();
+    let digest = md5::compute(blob);
+    digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// OpenSSH's banner for a changed host key.
+fn mismatch_banner(key: &PublicKey, file: &Path, line: usize) -> String {
+    format!(
+        "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+         @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
+         Someone could be eavesdropping on you right now (man-in-the-middle attack)!\n\
+         It is also possible that the {algo} host key has just been changed.\n\
+         The fingerprint for the {algo} key sent by the remote host is\n\
+         {fp}.\n\
+         Please contact your system administrator.\n\
+         Add correct host key in {file} to get rid of this message.\n\
+         Offending key in {file}:{line}\n",
+        algo = key.algorithm(),
+        fp = md5_fingerprint(key),
+        file = file.display(),
+    )
+}
+
+/// Asks on stderr whether to trust `name`'s key; reads the answer from
+/// stdin. Anything but `yes`/`y` (including end of input) is a no.
+fn ask_trust(name: &str, key: &PublicKey) -> bool {
+    let mut err = io::stderr();
+    // The prompt is best effort: without a stderr the answer still decides.
+    let _ = write!(
+        err,
+        "The authenticity of host '{name}' can't be established.\n\
+         {} key fingerprint is {}.\n\
+         Are you sure you want to continue connecting (yes/no)? ",
+        key.algorithm(),
+        md5_fingerprint(key)
+    );
+    let _ = err.flush();
+    let mut answer = String::new();
+    if io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "yes" | "y")
+}
+
+impl client::Handler for Client {
+    type Error = SshError;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, SshError> {
+        let Some(file) = &self.known_hosts else {
+            return Ok(true);
+        };
+        // fleet records plain host keys; a certificate is checked by the key
+        // it certifies.
+        let owned;
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(cert) => {
+                owned = PublicKey::new(cert.public_key().clone(), "");
+                &owned
+            }
+        };
+        let name = known_hosts_name(&self.host, self.port);
+        let known_hosts_error = |source| SshError::KnownHosts {
+            file: file.display().to_string(),
+            source,
+        };
+        let known = if file.exists() {
+            match russh::keys::check_known_hosts_path(&self.host, self.port, key, file) {
+                Ok(known) => known,
+                Err(russh::keys::Error::KeyChanged { line }) => {
+                    eprint!("{}", mismatch_banner(key, file, line));
+                    return Err(SshError::HostKeyChanged {
+                        host: name,
+                        line,
+                        file: file.display().to_string(),
+                    });
+                }
+                Err(e) => return Err(known_hosts_error(e)),
+            }
+        } else {
+            false
+        };
+        if known {
+            return Ok(true);
+        }
+        let (host, key_owned, file_owned) = (name.clone(), key.clone(), file.clone());
+        let trusted = tokio::task::spawn_blocking(move || ask_trust(&host, &key_owned))
+            .await
+            .unwrap_or(false);
+        if !trusted {
+            return Err(SshError::HostKeyRejected(name));
+        }
+        if let Some(dir) = file_owned.parent() {
+            create_private_dir(dir).map_err(|e| known_hosts_error(e.into()))?;
+        }
+        append_known_host(&file_owned, &name, key).map_err(known_hosts_error)?;
+        eprintln!(
+            "Warning: Permanently added '{name}' ({}) to the list of known hosts.",
+            key.algorithm()
+        );
+        Ok(true)
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), SshError> {
+        let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") else {
+            return Ok(()); // dropping `reply` rejects the channel
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            match tokio::net::UnixStream::connect(&sock).await {
+                Ok(mut agent) => {
+                    let mut stream = channel.into_stream();
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut agent, &mut stream).await {
+                        tracing::debug!(%err, "forwarded agent channel ended");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "cannot reach ssh-agent for a forwarded channel"),
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Appends `name key` to the known-hosts file (creating it), starting a new
+/// line if the file does not end with one.
+fn append_known_host(file: &Path, name: &str, key: &PublicKey) -> Result<(), russh::keys::Error> {
+    let mut text = std::fs::read_to_string(file).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("{name} {}\n", key.to_openssh()?));
+    std::fs::write(file, text)?;
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) with mode 0700 if it does not exist.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Splits `host[:port]` (or `[v6]:port`), defaulting the port.
+///
+/// # Errors
+///
+/// A port that is not a number.
+pub fn split_host_port(addr: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| anyhow!("bad address {addr:?}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match addr.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            _ => (addr, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => default_port,
+        Some(p) => p.parse().with_context(|| format!("bad port in {addr:?}"))?,
+    };
+    if host.is_empty() {
+        bail!("no host in {addr:?}");
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// An authenticated SSH connection.
+pub struct Session {
+    /// The russh connection.
+    handle: Handle<Client>,
+    /// `host:port` as dialled, for messages.
+    addr: String,
+    /// Whether sessions ask for agent forwarding.
+    forward_agent: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a remote (or local) command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus(pub u32);
+
+impl Session {
+    /// Dials `host:port` over TCP, checks its host key and authenticates.
+    ///
+    /// # Errors
+    ///
+    /// No agent, a dial or handshake failure, a host key refused, or no
+    /// identity accepted.
+    pub async fn connect(config: &SshConfig, host: &str, port: u16) -> anyhow::Result<Session> {
+        let addr = format!("{host}:{port}");
+        let tcp =
+            tokio::time::timeout(config.timeout, tokio::net::TcpStream::connect((host, port)))
+                .await
+                .map_err(|_| anyhow!("timed out dialing {addr}"))?
+                .with_context(|| format!("cannot dial {addr}"))?;
+        // Best effort: Nagle only slows small interactive writes.
+        let _ = tcp.set_nodelay(true);
+        Self::handshake(config, host, port, tcp).await
+    }
+
+    /// Reaches `host:port` through this session (a `direct-tcpip` channel)
+    /// and runs a second SSH handshake over it, with the same user and agent
+    /// keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::connect`], or the bastion refusing the forward.
+    pub async fn connect_via(
+        &self,
+        config: &SshConfig,
+        host: &str,
+        port: u16,
+    ) -> anyhow::Result<Session> {
+        let stream = tokio::time::timeout(config.timeout, self.direct_tcpip(host, port))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "timed out forwarding to {host}:{port} through {}",
+                    self.addr
+                )
+            })?
+            .with_context(|| format!("cannot reach {host}:{port} through {}", self.addr))?;
+        Self::handshake(config, host, port, stream).await
+    }
+
+    async fn handshake<S>(
+        config: &SshConfig,
+        host: &str,
+        port: u16,
+        stream: S,
+    ) -> anyhow::Result<Session>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = format!("{host}:{port}");
+        let mut agent = connect_agent().await?;
+        let identities = agent
+            .request_identities()
+            .await
+            .context("cannot list the ssh-agent's identities")?;
+        let handler = Client {
+            host: host.to_owned(),
+            port,
+            known_hosts: config.known_hosts.clone(),
+        };
+        let ssh_config = Arc::new(client::Config {
+            inactivity_timeout: None,
+            ..client::Config::default()
+        });
+        // The handshake includes the host-key prompt, which waits for a
+        // person; the dial itself was bounded by --ssh-timeout.
+        let deadline = config.timeout.max(PROMPT_TIMEOUT);
+        let mut handle = tokio::time::timeout(
+            deadline,
+            client::connect_stream(ssh_config, stream, handler),
+        )
+        .await
+        .map_err(|_| anyhow!("timed out in the SSH handshake with {addr}"))?
+        .map_err(|e| handshake_error(e, &addr))?;
+        let rsa_hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let mut authenticated = false;
+        for identity in identities {
+            let key = identity.public_key().into_owned();
+            let hash = if key.algorithm().is_rsa() {
+                rsa_hash.or(Some(HashAlg::Sha256))
+            } else {
+                None
+            };
+            match handle
+                .authenticate_publickey_with(config.user.clone(), key, hash, &mut agent)
+                .await
+            {
+                Ok(result) if result.success() => {
+                    authenticated = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(?err, "agent identity failed"),
+            }
+        }
+        if !authenticated {
+            bail!(
+                "ssh: unable to authenticate to {addr} as {}: no ssh-agent identity was accepted",
+                config.user
+            );
+        }
+        Ok(Session {
+            handle,
+            addr,
+            forward_agent: config.forward_agent,
+        })
+    }
+
+    /// A `direct-tcpip` channel to `host:port` from the remote end.
+    ///
+    /// # Errors
+    ///
+    /// The server refusing the channel.
+    pub async fn direct_tcpip(&self, host: &str, port: u16) -> io::Result<ChannelStream<Msg>> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(channel.into_stream())
+    }
+
+    /// Runs `command` on the remote host and returns its stdin/stdout as a
+    /// stream (how `--tunnel` reaches a unix socket: `fleetctl fd-forward`).
+    ///
+    /// # Errors
+    ///
+    /// The server refusing the session or the command.
+    pub async fn exec_stream(&self, command: &str) -> io::Result<ChannelStream<Msg>> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(io::Error::other)?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(channel.into_stream())
+    }
+
+    /// Runs `command` remotely (or, with `None`, an interactive shell on a
+    /// PTY), with this process's stdin, stdout and stderr; returns the remote
+    /// exit status.
+    ///
+    /// # Errors
+    ///
+    /// The channel failing, or the connection closing without an exit
+    /// status.
+    pub async fn run(&self, command: Option<&str>) -> anyhow::Result<ExitStatus> {
+        let mut channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .with_context(|| format!("cannot open a session on {}", self.addr))?;
+        if self.forward_agent {
+            channel.agent_forward(false).await?;
+        }
+        let _raw = match command {
+            Some(cmd) => {
+                channel.exec(true, cmd).await?;
+                None
+            }
+            None => {
+                let (cols, rows) = terminal_size();
+                channel
+                    .request_pty(false, TERM, cols, rows, 0, 0, &[])
+                    .await?;
+                channel.request_shell(true).await?;
+                RawMode::enter()
+            }
+        };
+        // stdin → channel, until stdin ends.
+        let writer = channel.make_writer();
+        let pump = tokio::spawn(async move {
+            let mut writer = writer;
+            let mut stdin = tokio::io::stdin();
+            // A remote that stops reading is not an error of ours.
+            let _ = tokio::io::copy(&mut stdin, &mut writer).await;
+            let _ = writer.shutdown().await;
+        });
+        let mut stdout = tokio::io::stdout();
+        let mut stderr = tokio::io::stderr();
+        let mut status = None;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    stdout.write_all(&data).await?;
+                    stdout.flush().await?;
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    stderr.write_all(&data).await?;
+                    stderr.flush().await?;
+                }
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    tracing::debug!(?signal_name, "remote command killed by a signal");
+                    status.get_or_insert(255);
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        pump.abort();
+        status.map(ExitStatus).ok_or_else(|| {
+            anyhow!(
+                "ssh: {} closed the session without an exit status",
+                self.addr
+            )
+        })
+    }
+}
+
+/// Connects to the agent named by `SSH_AUTH_SOCK`.
+async fn connect_agent() -> anyhow::Result<AgentClient<tokio::net::UnixStream>> {
+    let Some(sock) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) else {
+        bail!(
+            "SSH_AUTH_SOCK environment variable is not set. Verify ssh-agent is running. \
+             fleetctl authenticates through ssh-agent only."
+        );
+    };
+    AgentClient::connect_uds(&sock).await.with_context(|| {
+        format!(
+            "cannot connect to ssh-agent at {}",
+            Path::new(&sock).display()
+        )
+    })
+}
+
+/// Turns a handshake failure into a message; host-key failures keep their
+/// own wording.
+fn handshake_error(err: SshError, addr: &str) -> anyhow::Error {
+    match err {
+        e @ (SshError::HostKeyChanged { .. } | SshError::HostKeyRejected(_)) => anyhow!(e),
+        e => anyhow!(e).context(format!("SSH handshake with {addr} failed")),
+    }
+}
+
+/// The terminal's size, or 80x24.
+fn terminal_size() -> (u32, u32) {
+    rustix::termios::tcgetwinsize(rustix::stdio::stdout())
+        .map(|w| (u32::from(w.ws_col), u32::from(w.ws_row)))
+        .ok()
+        .filter(|(c, r)| *c > 0 && *r > 0)
+        .unwrap_or((80, 24))
+}
+
+/// The terminal in raw mode for an interactive shell; restored on drop.
+struct RawMode(rustix::termios::Termios);
+
+impl RawMode {
+    /// Raw mode on stdin, when it is a terminal.
+    fn enter() -> Option<RawMode> {
+        if !io::stdin().is_terminal() {
+            return None;
+        }
+        let stdin = rustix::stdio::stdin();
+        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // Restoring can only fail if the terminal is gone.
+        let _ = rustix::termios::tcsetattr(
+            rustix::stdio::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a", 22).unwrap(), ("a".into(), 22));
+        assert_eq!(split_host_port("a:2222", 22).unwrap(), ("a".into(), 2222));
+        assert_eq!(split_host_port("[::1]:5", 22).unwrap(), ("::1".into(), 5));
+        assert_eq!(split_host_port("[::1]", 22).unwrap(), ("::1".into(), 22));
+        assert!(split_host_port("a:x", 22).is_err());
+        assert!(split_host_port(":22", 22).is_err());
+    }
+
+    #[test]
+    fn known_hosts_names() {
+        assert_eq!(known_hosts_name("10.0.0.1", 22), "10.0.0.1");
+        assert_eq!(known_hosts_name("10.0.0.1", 2222), "[10.0.0.1]:2222");
+    }
+
+    #[test]
+    fn private_dir_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/.fleetctl");
+        create_private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

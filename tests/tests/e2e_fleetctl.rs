@@ -1,0 +1,672 @@
+//! fleetctl end to end on real parts (fleet-reference.md §8, §9's
+//! functional tests): the built fleetctl on the host drives a cluster of
+//! real systemd machines running fleetd; SSH goes to Debian's OpenSSH sshd
+//! inside the machines, authenticated by a real ssh-agent holding a key made
+//! at test time.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use testbed::cluster::{Cluster, ClusterOptions, built_binary};
+use testbed::ssh::{KeyPair, SshAgent, restart_sshd, start_sshd};
+use testbed::util::wait_until;
+use tokio::io::AsyncWriteExt;
+
+/// What one fleetctl run printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The host's fleetctl with its own HOME (so `~/.fleetctl/known_hosts` is
+/// the test's), no inherited `FLEETCTL_*`, and the test's agent.
+struct Fleetctl {
+    /// The built binary.
+    bin: PathBuf,
+    /// `$HOME` of every run.
+    home: tempfile::TempDir,
+    /// `SSH_AUTH_SOCK` of every run, if any.
+    agent: Option<PathBuf>,
+}
+
+impl Fleetctl {
+    fn new(agent: Option<&Path>) -> anyhow::Result<Fleetctl> {
+        Ok(Fleetctl {
+            bin: built_binary("fleetctl")?,
+            home: tempfile::tempdir()?,
+            agent: agent.map(Path::to_path_buf),
+        })
+    }
+
+    /// Runs fleetctl with `args`, `env` and `stdin`.
+    async fn run_with(&self, env: &[(&str, &str)], stdin: &str, args: &[&str]) -> Run {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .env("HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLEETCTL_") {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(sock) = &self.agent {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("fleetctl starts");
+        let mut input = child.stdin.take().expect("piped stdin");
+        // fleetctl may exit without reading it all.
+        let _ = input.write_all(stdin.as_bytes()).await;
+        drop(input);
+        let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("fleetctl {args:?} finished within 180 s"))
+            .expect("fleetctl ran");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs fleetctl with `args` and no input.
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_with(&[], "", args).await
+    }
+
+    /// Runs fleetctl against `endpoint`; fails the test unless it exits 0.
+    async fn ok(&self, endpoint: &str, args: &[&str]) -> Run {
+        let ep = format!("--endpoint={endpoint}");
+        let all: Vec<&str> = std::iter::once(ep.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        let r = self.run(&all).await;
+        assert_eq!(r.code, 0, "fleetctl {all:?}: {r:?}");
+        r
+    }
+}
+
+/// A unit that runs until stopped.
+fn service(description: &str) -> String {
+    format!("[Unit]\nDescription={description}\n\n[Service]\nExecStart=/bin/sleep 100000\n")
+}
+
+/// Writes `name` with `text` into `dir`; returns its path.
+fn write_unit(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("unit file written");
+    path.to_string_lossy().into_owned()
+}
+
+/// The lines of `list-unit-files --no-legend --fields=unit,dstate,state`.
+async fn unit_files(ctl: &Fleetctl, ep: &str) -> Vec<String> {
+    let r = ctl
+        .ok(
+            ep,
+            &[
+                "list-unit-files",
+                "--no-legend",
+                "--fields=unit,dstate,state",
+            ],
+        )
+        .await;
+    r.stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Waits until `list-units --no-legend --fields=unit,active` (normalized to
+/// `unit active` lines) equals `want`.
+async fn wait_list_units(ctl: &Fleetctl, ep: &str, want: &[&str]) -> anyhow::Result<()> {
+    wait_until(
+        &format!("list-units showing {want:?}"),
+        Duration::from_secs(30),
+        || async {
+            let r = ctl
+                .run(&[
+                    &format!("--endpoint={ep}"),
+                    "list-units",
+                    "--no-legend",
+                    "--fields=unit,active",
+                ])
+                .await;
+            Ok(r.stdout
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>())
+        },
+        |lines| lines == want,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `systemctl show -p MainPID --value UNIT` on the member running it.
+async fn main_pid(cluster: &Cluster, unit: &str) -> anyhow::Result<String> {
+    let rows = cluster.list_units().await?;
+    let row = rows
+        .iter()
+        .find(|r| r.0 == unit)
+        .ok_or_else(|| anyhow::anyhow!("{unit} not in list-units: {rows:?}"))?;
+    let member = cluster
+        .member_by_id(&row.2)
+        .ok_or_else(|| anyhow::anyhow!("{unit} on unknown machine {}", row.2))?;
+    let out = member
+        .machine
+        .systemctl(&["show", "-p", "MainPID", "--value", unit])
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_commands_lists_help_and_drivers() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        members: 3,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let ctl = Fleetctl::new(None)?;
+    let ep = cluster.members[0].endpoint();
+    let ep = ep.as_str();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let names = ["a.service", "b.service", "c.service"];
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| write_unit(d, n, &service(n)))
+        .collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+
+    // submit / load / start, then their reverses, with the listings after each.
+    let r = ctl.ok(ep, &[&["submit"][..], &paths].concat()).await;
+    assert_eq!(
+        r.stdout,
+        "Unit a.service inactive\nUnit b.service inactive\nUnit c.service inactive\n"
+    );
+    assert_eq!(
+        unit_files(&ctl, ep).await,
+        [
+            "a.service inactive inactive",
+            "b.service inactive inactive",
+            "c.service inactive inactive"
+        ]
+    );
+    wait_list_units(&ctl, ep, &[]).await?;
+
+    let r = ctl.ok(ep, &[&["load"][..], &names].concat()).await;
+    assert_eq!(r.stdout.matches(" loaded on ").count(), 3, "{r:?}");
+    assert_eq!(
+        unit_files(&ctl, ep).await,
+        [
+            "a.service loaded loaded",
+            "b.service loaded loaded",
+            "c.service loaded loaded"
+        ]
+    );
+    wait_list_units(
+        &ctl,
+        ep,
+        &[
+            "a.service inactive",
+            "b.service inactive",
+            "c.service inactive",
+        ],
+    )
+    .await?;
+
+    let r = ctl.ok(ep, &[&["start"][..], &names].concat()).await;
+    assert_eq!(r.stdout.matches(" launched on ").count(), 3, "{r:?}");
+    assert_eq!(
+        unit_files(&ctl, ep).await,
+        [
+            "a.service launched launched",
+            "b.service launched launched",
+            "c.service launched launched"
+        ]
+    );
+    wait_list_units(
+        &ctl,
+        ep,
+        &["a.service active", "b.service active", "c.service active"],
+    )
+    .await?;
+
+    // restart: each unit runs again, as a new process.
+    let before = main_pid(&cluster, "a.service").await?;
+    let r = ctl.ok(ep, &[&["restart"][..], &names].concat()).await;
+    assert!(
+        r.stderr
+            .contains("Successfully restarted units [a.service b.service c.service]."),
+        "{r:?}"
+    );
+    wait_list_units(
+        &ctl,
+        ep,
+        &["a.service active", "b.service active", "c.service active"],
+    )
+    .await?;
+    let after = main_pid(&cluster, "a.service").await?;
+    assert_ne!(before, after, "restart gave a.service a new process");
+
+    let r = ctl.ok(ep, &[&["stop"][..], &names].concat()).await;
+    assert!(
+        r.stderr
+            .contains("Successfully stopped units [a.service b.service c.service]."),
+        "{r:?}"
+    );
+    assert_eq!(
+        unit_files(&ctl, ep).await,
+        [
+            "a.service loaded loaded",
+            "b.service loaded loaded",
+            "c.service loaded loaded"
+        ]
+    );
+    wait_list_units(
+        &ctl,
+        ep,
+        &[
+            "a.service inactive",
+            "b.service inactive",
+            "c.service inactive",
+        ],
+    )
+    .await?;
+
+    let r = ctl.ok(ep, &[&["unload"][..], &names].concat()).await;
+    assert!(r.stderr.contains("Successfully unloaded units"), "{r:?}");
+    assert_eq!(
+        unit_files(&ctl, ep).await,
+        [
+            "a.service inactive inactive",
+            "b.service inactive inactive",
+            "c.service inactive inactive"
+        ]
+    );
+    wait_list_units(&ctl, ep, &[]).await?;
+
+    let r = ctl.ok(ep, &[&["destroy"][..], &names].concat()).await;
+    assert_eq!(
+        r.stdout,
+        "Destroyed a.service\nDestroyed b.service\nDestroyed c.service\n"
+    );
+    assert!(unit_files(&ctl, ep).await.is_empty());
+
+    // --replace with changed content; cat prints the canonical text.
+    let v1 = "[Unit]\nDescription=v1\n\n[Service]\n# comment\nExecStart=/bin/sleep 100000\n";
+    let v2 = "[Unit]\nDescription=v2\n[Service]\nExecStart=/bin/sleep 200000\n";
+    let r_path = write_unit(d, "r.service", v1);
+    ctl.ok(ep, &["start", &r_path]).await;
+    let r = ctl.ok(ep, &["cat", "r.service"]).await;
+    assert_eq!(r.stdout, units::UnitFile::parse(v1)?.canonical());
+    write_unit(d, "r.service", v2);
+    let r = ctl.ok(ep, &["start", &r_path]).await;
+    assert!(
+        !r.stdout.contains("launched"),
+        "no --replace: unchanged: {r:?}"
+    );
+    let r = ctl.ok(ep, &["cat", "r.service"]).await;
+    assert_eq!(r.stdout, units::UnitFile::parse(v1)?.canonical());
+    ctl.ok(ep, &["start", "--replace", &r_path]).await;
+    let r = ctl.ok(ep, &["cat", "r.service"]).await;
+    assert_eq!(r.stdout, units::UnitFile::parse(v2)?.canonical());
+    wait_until(
+        "r.service running the new ExecStart",
+        Duration::from_secs(30),
+        || async {
+            let rows = cluster.list_units().await?;
+            let Some(row) = rows.iter().find(|r| r.0 == "r.service") else {
+                return Ok(String::new());
+            };
+            let Some(m) = cluster.member_by_id(&row.2) else {
+                return Ok(String::new());
+            };
+            let out = m
+                .machine
+                .systemctl(&["show", "-p", "ExecStart", "--value", "r.service"])
+                .await?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+        |s| s.contains("200000"),
+    )
+    .await?;
+    ctl.ok(ep, &["destroy", "r.service"]).await;
+
+    // 20 units, submitted out of order, are listed in order.
+    let many: Vec<String> = (0..20)
+        .rev()
+        .map(|i| write_unit(d, &format!("order-{i:02}.service"), &service("order")))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    ctl.ok(ep, &[&["submit"][..], &many].concat()).await;
+    let r = ctl
+        .ok(ep, &["list-unit-files", "--no-legend", "--fields=unit"])
+        .await;
+    let want: String = (0..20).map(|i| format!("order-{i:02}.service\n")).collect();
+    assert_eq!(r.stdout, want);
+
+    // --output json.
+    let r = ctl.ok(ep, &["list-machines", "--output=json"]).await;
+    let machines: serde_json::Value = serde_json::from_str(&r.stdout)?;
+    assert_eq!(machines.as_array().map(Vec::len), Some(3), "{r:?}");
+    let r = ctl.ok(ep, &["list-unit-files", "-o", "json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&r.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(20), "{r:?}");
+
+    // The etcd driver sees and changes the same registry.
+    let etcd = cluster.etcd.endpoint_on(cluster.net.host_ip());
+    let etcd_args = |rest: &[&str]| -> Vec<String> {
+        ["--driver=etcd".to_owned(), format!("--endpoint={etcd}")]
+            .into_iter()
+            .chain(rest.iter().map(|s| (*s).to_owned()))
+            .collect()
+    };
+    let args = etcd_args(&["list-unit-files", "--no-legend", "--fields=unit"]);
+    let r = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, want.as_str()), "{r:?}");
+    let args = etcd_args(&["list-machines", "--no-legend", "--full"]);
+    let r = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let api = ctl
+        .ok(ep, &["list-machines", "--no-legend", "--full"])
+        .await;
+    assert_eq!((r.code, &r.stdout), (0, &api.stdout), "{r:?}");
+    let e_path = write_unit(d, "etcd.service", &service("etcd driver"));
+    let args = etcd_args(&["start", &e_path]);
+    let r = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Unit etcd.service launched on "), "{r:?}");
+    wait_until(
+        "etcd.service active through the API",
+        Duration::from_secs(30),
+        || cluster.list_units(),
+        |rows| {
+            rows.iter()
+                .any(|r| r.0 == "etcd.service" && r.1 == "active")
+        },
+    )
+    .await?;
+
+    // FLEETCTL_ENDPOINT instead of --endpoint.
+    let r = ctl
+        .run_with(
+            &[("FLEETCTL_ENDPOINT", ep)],
+            "",
+            &["list-machines", "--no-legend"],
+        )
+        .await;
+    assert_eq!((r.code, r.stdout.lines().count()), (0, 3), "{r:?}");
+
+    // version and every form of help.
+    let version = format!("fleetctl version {}\n", fleetd::VERSION);
+    for args in [&["version"][..], &["--version"], &["-v"]] {
+        let r = ctl.run(args).await;
+        assert_eq!((r.code, &r.stdout), (0, &version), "{args:?}: {r:?}");
+    }
+    for args in [&[][..], &["help"], &["--help"], &["-h"], &["--h"]] {
+        let r = ctl.run(args).await;
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        for part in [
+            "NAME:",
+            "USAGE:",
+            "VERSION:",
+            fleetd::VERSION,
+            "list-unit-files",
+        ] {
+            assert!(r.stdout.contains(part), "{args:?} lacks {part}: {r:?}");
+        }
+    }
+    for args in [
+        &["help", "start"][..],
+        &["start", "--help"],
+        &["start", "-h"],
+    ] {
+        let r = ctl.run(args).await;
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(r.stdout.contains("--block-attempts"), "{args:?}: {r:?}");
+    }
+    Ok(())
+}
+
+/// Writes a known-hosts file naming each (ip, host key).
+fn write_known_hosts(path: &Path, hosts: &[(String, &KeyPair)]) -> anyhow::Result<()> {
+    let text: String = hosts
+        .iter()
+        .map(|(ip, key)| format!("{ip} {}\n", key.public_key()))
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_tunnel_status_journal_and_known_hosts() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        members: 2,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let keys = tempfile::tempdir()?;
+    let agent = SshAgent::start()?;
+    let client_key = KeyPair::generate(keys.path(), "client")?;
+    agent.add(&client_key)?;
+    let mut host_keys = Vec::new();
+    for (i, m) in cluster.members.iter().enumerate() {
+        let key = KeyPair::generate(keys.path(), &format!("host{i}"))?;
+        start_sshd(&m.machine, &m.ip(), &key, &[&client_key]).await?;
+        host_keys.push(key);
+    }
+    let ctl = Fleetctl::new(Some(&agent.sock))?;
+    let ep = cluster.members[0].endpoint();
+    let ep = ep.as_str();
+    let (ip0, ip1) = (cluster.members[0].ip(), cluster.members[1].ip());
+    let m1_id = cluster.members[1].machine.machine_id().to_owned();
+
+    // A unit pinned to member 1, so the tunnel (member 0) hops to it.
+    let dir = tempfile::tempdir()?;
+    let hello = format!(
+        "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sh -c 'echo hello-from-fleet; exec sleep 100000'\n\n[X-Fleet]\nMachineID={m1_id}\n"
+    );
+    let hello_path = write_unit(dir.path(), "hello.service", &hello);
+    ctl.ok(ep, &["start", &hello_path]).await;
+
+    // Known hosts: first contact asks, "yes" records the key.
+    let known_hosts = ctl.home.path().join(".fleetctl/known_hosts");
+    let epf = format!("--endpoint={ep}");
+    let ssh_m1 = [
+        epf.as_str(),
+        "--ssh-username=root",
+        "ssh",
+        &m1_id,
+        "echo",
+        "foo",
+    ];
+    let r = ctl.run_with(&[], "yes\n", &ssh_m1).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "foo\n"), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "The authenticity of host '{ip1}' can't be established."
+        )),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("Are you sure you want to continue connecting (yes/no)?"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("Warning: Permanently added"), "{r:?}");
+    let recorded = std::fs::read_to_string(&known_hosts)?;
+    assert_eq!(
+        recorded,
+        format!("{ip1} {}\n", host_keys[1].public_key()),
+        "known_hosts"
+    );
+    let mode = std::fs::metadata(known_hosts.parent().unwrap_or(Path::new("/")))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "~/.fleetctl mode");
+
+    // Accepted from then on, without asking.
+    let r = ctl.run(&ssh_m1).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "foo\n"), "{r:?}");
+    assert!(!r.stderr.contains("authenticity"), "{r:?}");
+
+    // Answering no refuses, and records nothing.
+    let other = ctl.home.path().join("other_known_hosts");
+    let kh = format!("--known-hosts-file={}", other.display());
+    let r = ctl
+        .run_with(
+            &[],
+            "no\n",
+            &[&epf, "--ssh-username=root", &kh, "ssh", &m1_id, "true"],
+        )
+        .await;
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("host key verification failed"), "{r:?}");
+    assert!(!other.exists() || std::fs::read_to_string(&other)?.is_empty());
+
+    // A changed host key is refused with the banner...
+    let new_key = KeyPair::generate(keys.path(), "host1-new")?;
+    testbed::ssh::install_host_key(&cluster.members[1].machine, &new_key)?;
+    restart_sshd(&cluster.members[1].machine, &ip1).await?;
+    let r = ctl.run(&ssh_m1).await;
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{r:?}"
+    );
+    assert!(r.stdout.is_empty(), "{r:?}");
+    // ...unless checking is off.
+    let r = ctl
+        .run(&[
+            &epf,
+            "--ssh-username=root",
+            "--strict-host-key-checking=false",
+            "ssh",
+            &m1_id,
+            "echo",
+            "foo",
+        ])
+        .await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "foo\n"), "{r:?}");
+    write_known_hosts(
+        &known_hosts,
+        &[(ip0.clone(), &host_keys[0]), (ip1.clone(), &new_key)],
+    )?;
+
+    // Through the tunnel (default unix endpoint: fd-forward on member 0),
+    // status, journal and ssh reach member 1 with a nested handshake.
+    let tunnel = format!("--tunnel={ip0}");
+    let via = |rest: &[&'static str]| -> Vec<String> {
+        [tunnel.clone(), "--ssh-username=root".to_owned()]
+            .into_iter()
+            .chain(rest.iter().map(|s| (*s).to_owned()))
+            .collect()
+    };
+    let run_via = |rest: &'static [&'static str]| {
+        let args = via(rest);
+        let ctl = &ctl;
+        async move {
+            ctl.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .await
+        }
+    };
+    let r = run_via(&["list-machines", "--no-legend"]).await;
+    assert_eq!((r.code, r.stdout.lines().count()), (0, 2), "{r:?}");
+    let r = run_via(&["status", "hello.service"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("hello.service") && r.stdout.contains("active (running)"),
+        "{r:?}"
+    );
+    let r = run_via(&["journal", "--lines=50", "hello.service"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("hello-from-fleet"), "{r:?}");
+    let r = run_via(&["ssh", "hello.service", "echo", "foo"]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "foo\n"), "{r:?}");
+    // The remote exit status is passed through.
+    let r = run_via(&["ssh", "hello.service", "exit", "3"]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    // A TCP endpoint through the tunnel: direct-tcpip.
+    let ep1 = format!("--endpoint={}", cluster.members[1].endpoint());
+    let r = ctl
+        .run(&[
+            &tunnel,
+            "--ssh-username=root",
+            &ep1,
+            "list-machines",
+            "--no-legend",
+        ])
+        .await;
+    assert_eq!((r.code, r.stdout.lines().count()), (0, 2), "{r:?}");
+
+    // Inside the machine that runs the unit, status runs systemctl locally.
+    let out = cluster.members[1]
+        .machine
+        .exec(&["/opt/fleet/fleetctl", "status", "hello.service"])
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("active (running)"),
+        "local status: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Starting 1 + 10 units through the tunnel.
+    let one = write_unit(dir.path(), "tun-one.service", &service("one"));
+    let args = via(&["start"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push(&one);
+    let r = ctl.run(&args).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let ten: Vec<String> = (0..10)
+        .map(|i| write_unit(dir.path(), &format!("tun-{i}.service"), &service("ten")))
+        .collect();
+    let args = via(&["start"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(ten.iter().map(String::as_str));
+    let r = ctl.run(&args).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.matches(" launched on ").count(), 10, "{r:?}");
+    wait_until(
+        "11 tun-* units active",
+        Duration::from_secs(30),
+        || cluster.list_units(),
+        |rows| {
+            rows.iter()
+                .filter(|r| r.0.starts_with("tun-") && r.1 == "active")
+                .count()
+                == 11
+        },
+    )
+    .await?;
+    Ok(())
+}
