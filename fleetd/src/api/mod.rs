@@ -19,7 +19,16 @@
 //! Around every route: the `Server: fleetd/<version>` header, a readiness
 //! gate (503 until fleetd can talk to etcd), and a body size limit.
 //! Unknown paths are a 404 with an empty message, `/` and the bare prefixes a
-//! 405. `GET /healthz` answers `ok` once the gate is open.
+//! 405. `GET /healthz` answers `ok` once the gate is open. `GET /metrics`
+//! (Prometheus text format, see [`crate::metrics`]) is outside the gate: it
+//! answers before fleetd is registered too, with `fleet_ready 0`.
+//!
+//! Request bodies are decoded as the original's Go decoder did (field names
+//! in any case, `null` as absent), except that a field the original's
+//! objects do not have is refused with a 400 naming it, rather than silently
+//! ignored: the original's clients only ever send known fields, and a typo
+//! (`desiredstate` is fine, `desired_state` is not) must not pass as a
+//! request that changes nothing.
 
 mod error;
 mod page;
@@ -61,18 +70,22 @@ pub struct ApiOptions {
     pub ready: watch::Receiver<bool>,
 }
 
-/// The API's router over `client`: both prefixes, `/`, `/healthz` and the
-/// 404 fallback, with the server header, the readiness gate and the body
-/// limit around all of them.
+/// The API's router over `client`: both prefixes, `/`, `/healthz`,
+/// `/metrics` and the 404 fallback, with the server header and the body
+/// limit around all of them, and the readiness gate around all but
+/// `/metrics`.
 pub fn router<K: Kv>(client: RegistryClient<K>, opts: ApiOptions) -> Router {
     let state = Arc::new(routes::AppState {
         client,
         token_limit: opts.token_limit.max(1),
+        ready: opts.ready.clone(),
     });
     let server = HeaderValue::from_str(&format!("fleetd/{}", crate::VERSION))
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
-    routes::routes(state)
-        .layer(middleware::from_fn_with_state(opts.ready, readiness_gate))
+    let gated = routes::routes(state.clone())
+        .layer(middleware::from_fn_with_state(opts.ready, readiness_gate));
+    routes::open_routes(state)
+        .merge(gated)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(server, server_info))
 }

@@ -2,6 +2,7 @@
 //! path, each matching the method itself so that unsupported methods get the
 //! original's 405 (or, for the discovery document, 400) message.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,7 +13,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use super::error::{ApiError, json_response};
 use super::page::PageToken;
@@ -44,6 +48,9 @@ pub(super) struct AppState<K> {
     pub client: RegistryClient<K>,
     /// Page size; page tokens must carry it.
     pub token_limit: u16,
+    /// Whether fleetd is registered (for `/metrics`, which is served before
+    /// that too).
+    pub ready: watch::Receiver<bool>,
 }
 
 /// Handlers' state.
@@ -52,7 +59,15 @@ type Shared<K> = State<Arc<AppState<K>>>;
 /// Handler result.
 type Answer = Result<Response, ApiError>;
 
-/// Every route, with the fallback 404; middleware is added by the caller.
+/// The routes served whether or not fleetd is ready: `/metrics`.
+pub(super) fn open_routes<K: Kv>(state: Arc<AppState<K>>) -> Router {
+    Router::new()
+        .route("/metrics", any(metrics::<K>))
+        .with_state(state)
+}
+
+/// Every other route, with the fallback 404; middleware is added by the
+/// caller.
 pub(super) fn routes<K: Kv>(state: Arc<AppState<K>>) -> Router {
     let mut router = Router::new();
     for prefix in PREFIXES {
@@ -140,6 +155,197 @@ async fn healthz(method: Method) -> Answer {
         .into_response())
 }
 
+/// `GET /metrics`: fleetd's metrics in the Prometheus text format, then
+/// gauges of the cluster read from the registry at scrape time (only while
+/// fleetd is ready; `fleet_cluster_scrape_success` says whether the read
+/// worked).
+async fn metrics<K: Kv>(State(s): Shared<K>, method: Method) -> Answer {
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed(ONLY_GET));
+    }
+    let ready = *s.ready.borrow();
+    let mut gauges = crate::metrics::Gauges::default();
+    gauges.family(
+        "fleet_ready",
+        "Whether this fleetd is registered and serving the API (1) or not (0).",
+        &[],
+        [(Vec::new(), if ready { 1.0 } else { 0.0 })],
+    );
+    if ready {
+        let ok = match cluster_gauges(&s.client, &mut gauges).await {
+            Ok(()) => 1.0,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the cluster state for /metrics");
+                0.0
+            }
+        };
+        gauges.family(
+            "fleet_cluster_scrape_success",
+            "Whether the cluster gauges could be read from the registry.",
+            &[],
+            [(Vec::new(), ok)],
+        );
+    }
+    let text = crate::metrics::render() + &gauges.into_text();
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
+}
+
+/// Units by desired and current state, unit states by systemd active state,
+/// and machines, as read from the registry now.
+async fn cluster_gauges<K: Kv>(
+    client: &RegistryClient<K>,
+    gauges: &mut crate::metrics::Gauges,
+) -> crate::client::Result<()> {
+    let units = client.units().await?;
+    let states = client.unit_states_matching(None, None).await?;
+    let machines = client.machines().await?;
+    let mut by_state: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for unit in &units {
+        let name = |s: Option<TargetState>| s.map(|s| s.to_string()).unwrap_or_default();
+        *by_state
+            .entry((name(unit.desired_state), name(unit.current_state)))
+            .or_default() += 1.0;
+    }
+    gauges.family(
+        "fleet_units",
+        "Units in the cluster, by desired and current state.",
+        &["desired_state", "current_state"],
+        by_state.into_iter().map(|((d, c), n)| (vec![d, c], n)),
+    );
+    let mut active: BTreeMap<String, f64> = BTreeMap::new();
+    for state in &states {
+        *active
+            .entry(state.systemd_active_state.clone())
+            .or_default() += 1.0;
+    }
+    gauges.family(
+        "fleet_unit_states",
+        "Unit states reported by the machines' agents, by systemd active state.",
+        &["active_state"],
+        active.into_iter().map(|(a, n)| (vec![a], n)),
+    );
+    gauges.family(
+        "fleet_machines",
+        "Machines registered in the cluster.",
+        &[],
+        [(Vec::new(), machines.len() as f64)],
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies: Go's field matching, and unknown fields refused
+// ---------------------------------------------------------------------------
+
+/// The fields of a unit in a `PUT` body: those the original's `schema.Unit`
+/// has (`currentState` and `machineID` are read-only and ignored).
+const UNIT_FIELDS: &[&str] = &[
+    "name",
+    "desiredState",
+    "options",
+    "currentState",
+    "machineID",
+];
+/// The fields of a unit option.
+const OPTION_FIELDS: &[&str] = &["name", "section", "value"];
+/// The fields of a `PATCH /machines` operation.
+const OP_FIELDS: &[&str] = &["op", "path", "value"];
+/// The fields of an operation's value.
+const VALUE_FIELDS: &[&str] = &["value"];
+
+/// Matches the keys of a JSON object to `fields` as Go's decoder did
+/// (exactly, else ignoring ASCII case) and renames them to the canonical
+/// spelling; `null` becomes `{}` (Go left the zero value). A key that names
+/// no field is refused: `unknown field "x" in <what>`. Other values are
+/// left for the typed decoder to refuse.
+fn go_fields(value: Value, fields: &[&'static str], what: &str) -> Result<Value, String> {
+    match value {
+        Value::Null => Ok(Value::Object(Map::new())),
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, v) in map {
+                let field = fields
+                    .iter()
+                    .find(|f| **f == key)
+                    .or_else(|| fields.iter().find(|f| f.eq_ignore_ascii_case(&key)));
+                let Some(field) = field else {
+                    return Err(format!(
+                        "unknown field {} in {what}; known fields: {}",
+                        go_quote(&key),
+                        fields.join(", ")
+                    ));
+                };
+                out.insert((*field).to_owned(), v);
+            }
+            Ok(Value::Object(out))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Applies [`go_fields`] to the object under `key` of `object`, if present.
+fn go_fields_of(
+    object: &mut Value,
+    key: &str,
+    fields: &[&'static str],
+    what: &str,
+) -> Result<(), String> {
+    if let Some(inner) = object.get_mut(key) {
+        *inner = go_fields(inner.take(), fields, what)?;
+    }
+    Ok(())
+}
+
+/// Applies `f` to every element of the array under `key`, if it is one.
+fn each_of(
+    object: &mut Value,
+    key: &str,
+    f: impl Fn(Value) -> Result<Value, String>,
+) -> Result<(), String> {
+    if let Some(Value::Array(items)) = object.get_mut(key) {
+        for item in items.iter_mut() {
+            *item = f(item.take())?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a typed value from a JSON value whose keys are canonical.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Decodes a `PUT /units/<name>` body: JSON syntax, then field names, then
+/// types.
+fn decode_put_body(body: &[u8]) -> Result<PutBody, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut unit = go_fields(value, UNIT_FIELDS, "unit")?;
+    each_of(&mut unit, "options", |o| {
+        go_fields(o, OPTION_FIELDS, "unit option")
+    })?;
+    typed(unit)
+}
+
+/// Decodes a `PATCH /machines` body, as [`decode_put_body`].
+fn decode_patch_body(body: &[u8]) -> Result<Vec<MetadataOp>, String> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Value::Array(ops) = &mut value {
+        for op in ops.iter_mut() {
+            let mut canonical = go_fields(op.take(), OP_FIELDS, "metadata operation")?;
+            if canonical.get("value").is_some_and(Value::is_object) {
+                go_fields_of(&mut canonical, "value", VALUE_FIELDS, "metadata value")?;
+            }
+            *op = canonical;
+        }
+    }
+    typed(value)
+}
+
 // ---------------------------------------------------------------------------
 // /machines
 // ---------------------------------------------------------------------------
@@ -164,19 +370,19 @@ async fn machines<K: Kv>(State(s): Shared<K>, req: Request) -> Answer {
 /// One operation of a `PATCH /machines` body:
 /// `{"op":"add","path":"/<machine>/metadata/<key>","value":{"value":"v"}}`.
 ///
-/// Field names also match in the capitalisations Go's decoder accepted for
-/// the original's untagged fields; unknown fields are ignored; `null` is the
-/// same as absent.
+/// Decoded by [`decode_patch_body`]: field names match in any case, as Go's
+/// decoder matched the original's untagged fields; unknown fields are
+/// refused; `null` is the same as absent.
 #[derive(Debug, Deserialize)]
 struct MetadataOp {
     /// `add`, `replace` or `remove`.
-    #[serde(default, alias = "Op", alias = "OP")]
+    #[serde(default)]
     op: Option<String>,
     /// `/<machineID>/metadata/<key>`.
-    #[serde(default, alias = "Path", alias = "PATH")]
+    #[serde(default)]
     path: Option<String>,
     /// The value, an object wrapping a string.
-    #[serde(default, alias = "Value", alias = "VALUE")]
+    #[serde(default)]
     value: Option<MetadataValue>,
 }
 
@@ -184,7 +390,7 @@ struct MetadataOp {
 #[derive(Debug, Deserialize)]
 struct MetadataValue {
     /// The metadata value.
-    #[serde(default, alias = "Value", alias = "VALUE")]
+    #[serde(default)]
     value: Option<String>,
 }
 
@@ -239,8 +445,7 @@ fn validate_op(op: MetadataOp) -> Result<MetadataChange, ApiError> {
 /// order; 204 with `Content-Type: application/json` and no body.
 async fn patch_machines<K: Kv>(s: &AppState<K>, req: Request) -> Answer {
     let body = read_body(req).await?;
-    let ops: Vec<MetadataOp> =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ops = decode_patch_body(&body).map_err(ApiError::bad_request)?;
     let changes = ops
         .into_iter()
         .map(validate_op)
@@ -301,25 +506,22 @@ async fn unit_item<K: Kv>(
     }
 }
 
-/// The body of `PUT /units/<name>`. Like the original's Go decoder, unknown
-/// fields (`currentState`, `machineID`) are ignored, `null` is the same as
-/// absent, and the capitalised field names match too.
+/// The body of `PUT /units/<name>`, decoded by [`decode_put_body`]: field
+/// names match in any case, as Go's decoder matched them; the read-only
+/// fields of a unit (`currentState`, `machineID`), which the original's
+/// clients may send back, are accepted and ignored; any other field is
+/// refused; `null` is the same as absent.
 #[derive(Debug, Deserialize)]
 struct PutBody {
     /// The unit name; empty means the one in the URL.
-    #[serde(default, alias = "Name")]
+    #[serde(default)]
     name: Option<String>,
     /// The desired state; empty means none. Anything but the three states is
     /// refused (the original stored it and broke the unit).
-    #[serde(
-        default,
-        rename = "desiredState",
-        alias = "DesiredState",
-        deserialize_with = "desired_state"
-    )]
+    #[serde(default, rename = "desiredState", deserialize_with = "desired_state")]
     desired_state: Option<TargetState>,
     /// The unit's content.
-    #[serde(default, alias = "Options")]
+    #[serde(default)]
     options: Option<Vec<PutOption>>,
 }
 
@@ -327,13 +529,13 @@ struct PutBody {
 #[derive(Debug, Deserialize)]
 struct PutOption {
     /// Option name.
-    #[serde(default, alias = "Name")]
+    #[serde(default)]
     name: Option<String>,
     /// Section name.
-    #[serde(default, alias = "Section")]
+    #[serde(default)]
     section: Option<String>,
     /// Option value.
-    #[serde(default, alias = "Value")]
+    #[serde(default)]
     value: Option<String>,
 }
 
@@ -386,7 +588,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn put_unit<K: Kv>(s: &AppState<K>, url_name: &str, req: Request) -> Answer {
     check_content_type(req.headers())?;
     let body = read_body(req).await?;
-    let body: PutBody = serde_json::from_slice(&body)
+    let body = decode_put_body(&body)
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     let name = body
         .name
