@@ -1,10 +1,20 @@
 //! The one place that wires fleetd together.
 //!
 //! [`main`] takes the API listeners (socket activation, else the `listen`
-//! option), turns signals into a shutdown future and calls [`run`]. [`run`]
-//! builds the etcd client, the systemd manager and the registry, then spawns
-//! the heart, the publisher, the agent, the engine and the API server, each
-//! with its own span, under one cancellation token.
+//! option) for the life of the process, turns signals into requests and runs
+//! *generations* of components. A generation builds the etcd client, the
+//! systemd manager and the registry, then spawns the heart, the publisher,
+//! the agent, the engine and the API server (on duplicates of the
+//! listeners), each with its own span, under one cancellation token. [`run`]
+//! is one generation that ends with a shutdown future (for tests).
+//!
+//! Signals: SIGHUP reads the config again; if it loads, the generation stops
+//! *without* purging and a new one starts with it (the units keep running
+//! and are adopted, the machine re-registers under its token, the sockets
+//! are never closed); if it does not, the error is logged and nothing
+//! changes. SIGUSR1 logs the agent's, the publisher's and the engine's state
+//! as one JSON line. With `WatchdogSec=` set, `WATCHDOG=1` is sent at half
+//! the interval; `READY=1` follows each registration.
 //!
 //! Shutdown (SIGTERM/SIGINT) is ordered, as fleet's is: the API stops
 //! accepting first; the loops are cancelled; then the purge: the agent stops
@@ -22,17 +32,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::Serialize;
 use systemd::{DbusConfig, DbusManager};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::agent::{Agent, AgentConfig, Heart, Publisher, PublisherConfig};
 use crate::api::{self, ApiOptions, Listener};
 use crate::client::RegistryClient;
 use crate::config::{Config, ListenAddr};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, EngineSnapshot};
 use crate::registry::{EtcdKv, Registry};
 use crate::schema::{Capabilities, MachineId, MachineRecord};
 
@@ -53,13 +64,62 @@ pub fn init_logging(verbosity: u8) {
         .init();
 }
 
-/// fleetd's main: listeners, signals, then [`run`].
-pub async fn main(config: Config) -> anyhow::Result<()> {
-    let listeners = listeners(&config).await?;
-    let shutdown = CancellationToken::new();
-    let signals = signal_task(shutdown.clone())?;
-    let result = run(config, listeners, shutdown.cancelled_owned()).await;
+/// What the signal handler asks of the running daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Control {
+    /// SIGTERM/SIGINT: stop, purge, exit 0.
+    Shutdown,
+    /// SIGHUP: read the config again and restart the components with it,
+    /// keeping the API listeners.
+    Reload,
+    /// SIGUSR1: log every component's state as JSON.
+    Dump,
+}
+
+/// How one generation of components ended.
+enum Ended {
+    /// Shut down and purged.
+    Shutdown,
+    /// Stopped (no purge) to start again with this config.
+    Reload(Box<Config>),
+}
+
+/// fleetd's main: listeners, signals, then generations of components: the
+/// first with `config`, and after each SIGHUP one with the config `reload`
+/// returns (a config that does not load is logged and the running
+/// generation kept). The API listeners live as long as the process.
+pub async fn main(
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Sync,
+) -> anyhow::Result<()> {
+    let listeners = Listeners::take(listeners(&config).await?)?;
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    let signals = signal_task(control_tx)?;
+    let watchdog = watchdog_task();
+    let mut config = config;
+    let result = loop {
+        let generation = match listeners.for_generation() {
+            Ok(l) => l,
+            Err(e) => break Err(e),
+        };
+        match run_generation(config.clone(), generation, &mut control, &reload).await {
+            Ok(Ended::Shutdown) => break Ok(()),
+            Ok(Ended::Reload(new)) => {
+                if new.listen != config.listen {
+                    warn!(
+                        "the listen option changed; the API keeps its current sockets until fleet restarts"
+                    );
+                }
+                config = *new;
+                info!(config_file = ?config.config_file, "starting the components with the reloaded configuration");
+            }
+            Err(e) => break Err(e),
+        }
+    };
     signals.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     result
 }
 
@@ -93,33 +153,132 @@ async fn listeners(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(out)
 }
 
-/// SIGTERM and SIGINT cancel `shutdown`. SIGHUP and SIGUSR1 are logged.
-fn signal_task(shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// The API sockets, held for the life of the process: each generation of
+/// components serves duplicates of them, so a reload never closes a socket
+/// (connections arriving meanwhile wait in the backlog).
+struct Listeners(Vec<StdListener>);
+
+/// A listening socket outside the runtime (a duplicate is registered with
+/// the reactor per generation).
+enum StdListener {
+    /// A unix stream socket.
+    Unix(std::os::unix::net::UnixListener),
+    /// A TCP socket.
+    Tcp(std::net::TcpListener),
+}
+
+impl Listeners {
+    /// Takes the listeners out of the runtime.
+    fn take(listeners: Vec<Listener>) -> anyhow::Result<Self> {
+        listeners
+            .into_iter()
+            .map(|l| {
+                Ok(match l {
+                    Listener::Unix(l) => StdListener::Unix(l.into_std()?),
+                    Listener::Tcp(l) => StdListener::Tcp(l.into_std()?),
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map(Listeners)
+            .context("cannot take over the API sockets")
+    }
+
+    /// Duplicates of every socket, registered with the runtime.
+    fn for_generation(&self) -> anyhow::Result<Vec<Listener>> {
+        self.0
+            .iter()
+            .map(|l| {
+                Ok(match l {
+                    StdListener::Unix(l) => {
+                        Listener::Unix(tokio::net::UnixListener::from_std(l.try_clone()?)?)
+                    }
+                    StdListener::Tcp(l) => {
+                        Listener::Tcp(tokio::net::TcpListener::from_std(l.try_clone()?)?)
+                    }
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cannot duplicate the API sockets")
+    }
+}
+
+/// Turns signals into [`Control`] requests: SIGTERM and SIGINT shut down,
+/// SIGHUP reloads, SIGUSR1 dumps the state.
+fn signal_task(
+    control: mpsc::UnboundedSender<Control>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     Ok(tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => {
-                    warn!("SIGHUP: reloading the configuration in place is not supported yet; restart fleet to apply changes");
-                }
+            let request = tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); Control::Shutdown }
+                _ = int.recv() => { info!("SIGINT: shutting down"); Control::Shutdown }
+                _ = hup.recv() => { info!("SIGHUP: reloading the configuration"); Control::Reload }
+                _ = usr1.recv() => Control::Dump,
+            };
+            if control.send(request).is_err() || request == Control::Shutdown {
+                return;
             }
         }
-        shutdown.cancel();
+    }))
+}
+
+/// Sends `WATCHDOG=1` at half the interval systemd asked for
+/// (`WatchdogSec=`, passed as `WATCHDOG_USEC`), for the life of the process.
+/// The pings come from the runtime itself, so a wedged runtime stops them
+/// and systemd restarts fleetd. `None` when no watchdog is set.
+fn watchdog_task() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()?;
+    let period = (interval / 2).max(Duration::from_millis(100));
+    info!(?interval, "systemd watchdog enabled");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
+                warn!("cannot ping the systemd watchdog: {e}");
+            }
+        }
     }))
 }
 
 /// Runs fleetd until `shutdown` completes (then purges and returns `Ok`) or a
-/// component fails for good (then returns the error without purging).
+/// component fails for good (then returns the error without purging). One
+/// generation, no reloads: what tests run in-process.
 pub async fn run(
     config: Config,
     listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let (tx, mut control) = mpsc::unbounded_channel();
+    let forward = async move {
+        shutdown.await;
+        // The receiver outlives this future (both end with the select).
+        let _ = tx.send(Control::Shutdown);
+        std::future::pending::<()>().await;
+    };
+    let no_reload = || anyhow::bail!("reloading is not supported here");
+    tokio::select! {
+        result = run_generation(config, listeners, &mut control, &no_reload) => result.map(|_| ()),
+        () = forward => Ok(()),
+    }
+}
+
+/// One generation of components: builds and spawns them with `config`, then
+/// serves `control` until a shutdown (purge, [`Ended::Shutdown`]), a reload
+/// with a config that loads (stop without purging, [`Ended::Reload`]), or a
+/// component failing for good (`Err`, no purge). A closed `control` means
+/// shutdown.
+async fn run_generation(
+    config: Config,
+    listeners: Vec<Listener>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    reload: &(dyn Fn() -> anyhow::Result<Config> + Sync),
+) -> anyhow::Result<Ended> {
     let machine = read_machine_id(&config.machine_id_file)?;
     let public_ip = config.public_ip.or_else(detect_public_ip);
     let token = machine_token(&config.units_directory)?;
@@ -145,7 +304,7 @@ pub async fn run(
     let kv = EtcdKv::connect(&config.etcd_servers, config.etcd_request_timeout)
         .await
         .context("cannot set up the etcd client")?;
-    let registry = Registry::new(kv, &config.etcd_key_prefix);
+    let registry = Registry::new(crate::metrics::Metered::new(kv), &config.etcd_key_prefix);
 
     let record = MachineRecord {
         id: machine.clone(),
@@ -180,6 +339,7 @@ pub async fn run(
         machine.clone(),
         EngineConfig::from_config(&config),
     );
+    let engine_state = engine.subscribe();
     let router = api::router(
         RegistryClient::new(registry.clone()),
         ApiOptions {
@@ -190,7 +350,7 @@ pub async fn run(
 
     let loops = CancellationToken::new();
     let api_stop = CancellationToken::new();
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let mut tasks: Tasks = JoinSet::new();
     {
         let stop = api_stop.clone();
         tasks.spawn(
@@ -212,36 +372,36 @@ pub async fn run(
     tasks.spawn(async move { ("engine", engine.run(c).await) });
     tasks.spawn(notify_ready(ready_rx, loops.clone()));
 
-    tokio::pin!(shutdown);
-    let failure = tokio::select! {
-        () = &mut shutdown => None,
-        Some(joined) = tasks.join_next() => Some(match joined {
-            Ok((name, Ok(()))) => anyhow::anyhow!("the {name} loop stopped unexpectedly"),
-            Ok((name, Err(e))) => e.context(format!("the {name} loop failed")),
-            Err(e) => anyhow::anyhow!("a task panicked: {e}"),
-        }),
-    };
-
-    api_stop.cancel();
-    loops.cancel();
-    let drain = async {
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((name, Err(e))) => warn!(component = name, "stopped with an error: {e:#}"),
-                Ok(_) => {}
-                Err(e) => warn!("a task panicked while stopping: {e}"),
-            }
+    let failure = loop {
+        let request = tokio::select! {
+            request = control.recv() => request.unwrap_or(Control::Shutdown),
+            Some(joined) = tasks.join_next() => break Some(match joined {
+                Ok((name, Ok(()))) => anyhow::anyhow!("the {name} loop stopped unexpectedly"),
+                Ok((name, Err(e))) => e.context(format!("the {name} loop failed")),
+                Err(e) => anyhow::anyhow!("a task panicked: {e}"),
+            }),
+        };
+        match request {
+            Control::Shutdown => break None,
+            Control::Dump => dump(&config, &agent, &engine_state).await,
+            Control::Reload => match reload() {
+                Ok(new) => {
+                    notify_reloading();
+                    stop(&api_stop, &loops, tasks).await;
+                    return Ok(Ended::Reload(Box::new(new)));
+                }
+                Err(e) => error!("cannot reload the configuration; keeping the current one: {e:#}"),
+            },
         }
     };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)
-        .await
-        .is_err()
-    {
-        warn!("components did not stop within {SHUTDOWN_DEADLINE:?}");
-    }
+
+    stop(&api_stop, &loops, tasks).await;
     if let Some(e) = failure {
         // No purge: the units keep running and a restarted fleetd adopts them.
         return Err(e);
+    }
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        debug!("cannot notify systemd: {e}");
     }
     info!("purging this machine's units and presence");
     let purge = async {
@@ -259,7 +419,74 @@ pub async fn run(
         warn!("the purge did not finish within {SHUTDOWN_DEADLINE:?}");
     }
     info!("fleetd stopped");
-    Ok(())
+    Ok(Ended::Shutdown)
+}
+
+/// The components' tasks, each returning its name and how it ended.
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Stops a generation: the API stops accepting, the loops are cancelled and
+/// drained under [`SHUTDOWN_DEADLINE`]. Units are left as they are.
+async fn stop(api_stop: &CancellationToken, loops: &CancellationToken, mut tasks: Tasks) {
+    api_stop.cancel();
+    loops.cancel();
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((name, Err(e))) => warn!(component = name, "stopped with an error: {e:#}"),
+                Ok(_) => {}
+                Err(e) => warn!("a task panicked while stopping: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)
+        .await
+        .is_err()
+    {
+        warn!("components did not stop within {SHUTDOWN_DEADLINE:?}");
+    }
+}
+
+/// Tells systemd a reload is under way (`READY=1` follows once the new
+/// generation has registered).
+fn notify_reloading() {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    if let Err(e) = sd_notify::notify(&states) {
+        debug!("cannot notify systemd: {e}");
+    }
+}
+
+/// Everything a state dump holds (SIGUSR1).
+#[derive(Serialize)]
+struct Dump<'a> {
+    /// The config file in use.
+    config_file: Option<&'a Path>,
+    /// The agent, with its publisher.
+    agent: crate::agent::AgentSnapshot,
+    /// The engine.
+    engine: EngineSnapshot,
+}
+
+/// Logs the agent's (with its publisher's) and the engine's state as one
+/// line of JSON.
+async fn dump<K: crate::registry::Kv, S: systemd::SystemdManager>(
+    config: &Config,
+    agent: &Agent<K, S>,
+    engine: &watch::Receiver<EngineSnapshot>,
+) {
+    let engine = engine.borrow().clone();
+    let state = Dump {
+        config_file: config.config_file.as_deref(),
+        agent: agent.snapshot().await,
+        engine,
+    };
+    match serde_json::to_string(&state) {
+        Ok(json) => info!(target: "fleetd::dump", state = %json, "SIGUSR1: state dump"),
+        Err(e) => warn!("cannot serialize the state dump: {e}"),
+    }
 }
 
 /// Tells systemd `READY=1` once the machine is registered. Never fails the
@@ -336,5 +563,36 @@ fn detect_public_ip() -> Option<IpAddr> {
     match socket.local_addr().ok()?.ip() {
         IpAddr::V4(ip) if !ip.is_unspecified() => Some(IpAddr::V4(ip)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload stops one generation's API and starts the next on the same
+    /// sockets: a socket taken once keeps accepting through generations.
+    #[tokio::test]
+    async fn listeners_outlive_generations() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("api.sock");
+        let held = Listeners::take(vec![
+            api::bind_tcp(("127.0.0.1", 0)).await?,
+            api::bind_unix(&path)?,
+        ])?;
+        let first = held.for_generation()?;
+        let addr = first[0].tcp_addr().context("a TCP listener")?;
+        drop(first);
+        // Between generations, connections wait in the backlog.
+        let early = tokio::net::TcpStream::connect(addr).await?;
+        let second = held.for_generation()?;
+        let (Listener::Tcp(tcp), Listener::Unix(unix)) = (&second[0], &second[1]) else {
+            anyhow::bail!("listeners changed kind: {second:?}");
+        };
+        let (accepted, _) = tcp.accept().await?;
+        assert_eq!(accepted.peer_addr()?, early.local_addr()?);
+        let _client = tokio::net::UnixStream::connect(&path).await?;
+        unix.accept().await?;
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! - [`registry`]: the typed registry over etcd (or memory), its watched cache.
 //! - [`client`]: the `FleetApi` trait with its HTTP and direct-registry clients.
 //! - With feature `daemon` (default): [`config`], [`engine`], [`agent`],
-//!   [`api`] and [`daemon`], which wires them together.
+//!   [`api`], [`metrics`] and [`daemon`], which wires them together.
 
 pub mod client;
 pub mod registry;
@@ -21,6 +21,8 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod engine;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 
 /// The version fleetd and fleetctl report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,5 @@
 //! `fleetd`: parse the command line, read the config, set up logging, take
-//! the API listeners, and hand over to [`fleetd::daemon::run`].
+//! the API listeners, and hand over to [`fleetd::daemon::main`].
 
 use std::process::ExitCode;
 
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         eprintln!("fleetd: takes no arguments");
         return ExitCode::FAILURE;
     }
-    let config = match config::load(args, |k| std::env::var(k).ok()) {
+    let config = match config::load(args.clone(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fleetd: {e:#}");
@@ -28,14 +28,22 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Debug builds keep large futures on the stack; 8 MiB per worker leaves
+    // ample headroom over tokio's 2 MiB default.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fleetd: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::main(config)) {
+    // SIGHUP reads the same sources again.
+    let reload = move || Ok(config::load(args.clone(), |k| std::env::var(k).ok())?);
+    match runtime.block_on(daemon::main(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -96,7 +96,8 @@ pub struct Cluster {
 pub fn target_bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the test executable")?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
+    // Tests run from deps/, examples (benchmarks) from examples/.
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     Ok(dir)
@@ -341,6 +342,83 @@ impl Cluster {
     pub fn member_by_id(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.machine.machine_id() == id)
     }
+
+    /// Boots one more machine (with machine ID `machine_id`, or a fresh one)
+    /// in its own namespace and installs fleet in it, without starting it.
+    /// Returns its index.
+    pub async fn add_member(&mut self, machine_id: Option<&str>) -> anyhow::Result<usize> {
+        let i = self.members.len();
+        let netns = self.net.add_host(&unique_name(&format!("m{i}")))?;
+        let mut spec = MachineSpec::new(unique_name(&format!("fleet-m{i}")));
+        if let Some(id) = machine_id {
+            id.clone_into(&mut spec.machine_id);
+        }
+        spec.netns = Some(netns.path());
+        spec.binds_ro.push((
+            self.bin_dir.path().to_path_buf(),
+            PathBuf::from("/opt/fleet"),
+        ));
+        let machine = Machine::boot(spec).await?;
+        self.members.push(Member { machine, netns });
+        self.install_fleet(i)?;
+        Ok(i)
+    }
+
+    /// Starts fleet in member `i` without waiting for it to be ready
+    /// (`systemctl start --no-block`), for a fleetd expected to fail.
+    pub async fn start_fleet_no_block(&self, i: usize) -> anyhow::Result<()> {
+        let m = &self.members[i].machine;
+        let out = m.systemctl(&["daemon-reload"]).await?;
+        check(&out, "systemctl daemon-reload")?;
+        let out = m
+            .systemctl(&[
+                "start",
+                "--no-block",
+                "fleet.socket",
+                "fleet-tcp.socket",
+                "fleet.service",
+            ])
+            .await?;
+        check(&out, "systemctl start --no-block fleet")
+    }
+
+    /// `systemctl kill -s KILL fleet.service` in member `i`: fleetd dies
+    /// without a purge, and systemd restarts it (`Restart=always`).
+    pub async fn kill_fleet(&self, i: usize) -> anyhow::Result<()> {
+        let out = self.members[i]
+            .machine
+            .systemctl(&["kill", "-s", "KILL", "fleet.service"])
+            .await?;
+        check(&out, "systemctl kill -s KILL fleet")
+    }
+
+    /// `systemctl show -p PROPERTY --value UNIT` in member `i`.
+    pub async fn show(&self, i: usize, unit: &str, property: &str) -> anyhow::Result<String> {
+        let out = self.members[i]
+            .machine
+            .systemctl(&["show", "-p", property, "--value", unit])
+            .await?;
+        check(&out, &format!("systemctl show -p {property} {unit}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The main PID of `unit` in member `i` as its systemd reports it (0:
+    /// not running).
+    pub async fn main_pid(&self, i: usize, unit: &str) -> anyhow::Result<u32> {
+        let text = self.show(i, unit, "MainPID").await?;
+        text.parse()
+            .with_context(|| format!("MainPID of {unit} is not a number: {text:?}"))
+    }
+
+    /// Cuts member `i` off the network (nftables in its namespace).
+    pub fn cut(&self, i: usize) -> anyhow::Result<()> {
+        self.members[i].netns.cut()
+    }
+
+    /// Undoes [`Self::cut`].
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        self.members[i].netns.heal()
+    }
 }
 
 /// Fails with the command's output when it did not succeed.
@@ -354,4 +432,219 @@ pub fn check(out: &Output, what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes unit files (name, contents) into a fresh temporary directory, for
+/// `fleetctl submit/start DIR/NAME`. Keep the directory alive while fleetctl
+/// may read it (instances of a template written there find it beside them).
+pub fn unit_files(units: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-units-")
+        .tempdir()
+        .context("cannot create a directory for unit files")?;
+    for (name, contents) in units {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+impl Member {
+    /// Which of `units` this machine's systemd reports `active` (one
+    /// `systemctl is-active` for all of them, straight from its systemd).
+    pub async fn active_units(&self, units: &[&str]) -> anyhow::Result<Vec<String>> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["is-active"];
+        args.extend_from_slice(units);
+        let out = self.machine.systemctl(&args).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let states: Vec<&str> = stdout.lines().map(str::trim).collect();
+        if states.len() != units.len() {
+            bail!(
+                "systemctl is-active in {} answered {} lines for {} units: {stdout:?} {}",
+                self.machine.name(),
+                states.len(),
+                units.len(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(units
+            .iter()
+            .zip(states)
+            .filter(|(_, state)| *state == "active")
+            .map(|(unit, _)| (*unit).to_owned())
+            .collect())
+    }
+
+    /// The main PID of `unit` as this machine's systemd reports it (0: not
+    /// running); a unit restarted or moved away and back gets another.
+    pub async fn unit_main_pid(&self, unit: &str) -> anyhow::Result<u32> {
+        let out = self
+            .machine
+            .systemctl(&["show", "-p", "MainPID", "--value", unit])
+            .await?;
+        check(&out, &format!("systemctl show -p MainPID {unit}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        text.parse()
+            .with_context(|| format!("MainPID of {unit} is not a number: {text:?}"))
+    }
+}
+
+impl Cluster {
+    /// For each member (by index), which of `units` its systemd runs.
+    pub async fn active_by_member(&self, units: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            out.push(m.active_units(units).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs `fleetctl` through member `via` with `args` followed by
+    /// `dir/NAME` for each of `names`.
+    pub async fn fleetctl_files(
+        &self,
+        via: usize,
+        args: &[&str],
+        dir: &Path,
+        names: &[&str],
+    ) -> anyhow::Result<Output> {
+        let paths: Vec<String> = names
+            .iter()
+            .map(|n| dir.join(n).to_string_lossy().into_owned())
+            .collect();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(paths.iter().map(String::as_str));
+        self.fleetctl_via(via, &all).await
+    }
+
+    /// [`Self::list_units`] through member `via`.
+    pub async fn list_units_via(
+        &self,
+        via: usize,
+    ) -> anyhow::Result<Vec<(String, String, String)>> {
+        let out = self
+            .fleetctl_via(
+                via,
+                &[
+                    "list-units",
+                    "--no-legend",
+                    "--full",
+                    "--fields",
+                    "unit,active,machine",
+                ],
+            )
+            .await?;
+        check(&out, "fleetctl list-units")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let unit = f.next()?.to_owned();
+                let active = f.next()?.to_owned();
+                let machine = f
+                    .next()
+                    .unwrap_or("")
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                Some((unit, active, machine))
+            })
+            .collect())
+    }
+
+    /// The machine IDs `fleetctl list-machines` shows through member `via`.
+    pub async fn machine_ids_via(&self, via: usize) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .fleetctl_via(via, &["list-machines", "--no-legend", "--full"])
+            .await?;
+        check(&out, "fleetctl list-machines")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    }
+
+    /// The machine ID in the engine leader key, read from etcd (`None`
+    /// while no engine leads).
+    pub async fn engine_leader(&self) -> anyhow::Result<Option<String>> {
+        let kv = fleetd::registry::EtcdKv::connect(&[self.etcd.endpoint()], Duration::from_secs(5))
+            .await
+            .context("cannot connect to the cluster's etcd")?;
+        let registry = fleetd::registry::Registry::new(kv, fleetd::config::DEFAULT_ETCD_KEY_PREFIX);
+        let leader = registry
+            .leader()
+            .await
+            .context("cannot read the engine leader key")?;
+        Ok(leader.map(|id| id.as_str().to_owned()))
+    }
+
+    /// The index of the member whose machine ID is `id`.
+    pub fn member_index(&self, id: &str) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.machine.machine_id() == id)
+    }
+
+    /// Stops fleet in member `i` for good: `fleet.service` and both API
+    /// sockets, so no connection activates it again. fleetd purges on the
+    /// way out (its units stop, its machine leaves the cluster).
+    pub async fn stop_fleet_and_sockets(&self, i: usize) -> anyhow::Result<()> {
+        let out = self.members[i]
+            .machine
+            .systemctl(&["stop", "fleet.socket", "fleet-tcp.socket", "fleet.service"])
+            .await?;
+        check(&out, "systemctl stop fleet and its sockets")
+    }
+
+    /// Kills fleetd in member `i` with SIGKILL (no purge: its units keep
+    /// running, its leases expire) and keeps it down: the pending restart
+    /// (`RestartSec=5s`) and the sockets are stopped.
+    pub async fn crash_fleet(&self, i: usize) -> anyhow::Result<()> {
+        let m = &self.members[i].machine;
+        let out = m
+            .systemctl(&["kill", "-s", "KILL", "fleet.service"])
+            .await?;
+        check(&out, "systemctl kill -s KILL fleet")?;
+        self.stop_fleet_and_sockets(i).await
+    }
+
+    /// Reboots member `i` as a power cut would: its machine is killed (every
+    /// process, fleetd and units alike, dies at once; its volatile
+    /// filesystem is lost), then a machine with the same name, machine ID
+    /// and network namespace boots, fleet is installed again and started
+    /// without waiting (`systemctl start --no-block`): until the dead
+    /// machine's lease expires its ID is still registered, fleetd exits and
+    /// systemd restarts it (`Restart=always`). Wait for the machine in
+    /// `list-machines` (e.g. [`Self::machine_ids_via`]).
+    pub async fn reboot_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let old = self.members.remove(i);
+        let spec = old.machine.spec().clone();
+        let netns = old.netns;
+        old.machine.kill().await;
+        // On failure the member stays out of `members`: the cluster is
+        // broken and the caller fails.
+        let machine = Machine::boot(spec)
+            .await
+            .with_context(|| format!("member {i} did not boot again"))?;
+        self.members.insert(i, Member { machine, netns });
+        self.install_fleet(i)?;
+        let m = &self.members[i].machine;
+        let out = m.systemctl(&["daemon-reload"]).await?;
+        check(&out, "systemctl daemon-reload")?;
+        let out = m
+            .systemctl(&[
+                "start",
+                "--no-block",
+                "fleet.socket",
+                "fleet-tcp.socket",
+                "fleet.service",
+            ])
+            .await?;
+        check(&out, "systemctl start --no-block fleet")
+    }
 }

@@ -14,4 +14,5 @@ pub mod cluster;
 pub mod etcd;
 pub mod machine;
 pub mod net;
+pub mod ssh;
 pub mod util;

@@ -108,6 +108,7 @@ pub async fn execute<S: SystemdManager>(systemd: &S, tasks: Vec<Task>) -> Report
         }
         report.executed.push(Executed { task, outcome });
     }
+    crate::metrics::agent_tasks(&report);
     report
 }
 

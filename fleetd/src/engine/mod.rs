@@ -567,6 +567,7 @@ impl<K: Kv> Engine<K> {
         .await
         .map_err(|e| anyhow::anyhow!("the scheduler failed: {e}"))?;
         let took = started.elapsed();
+        crate::metrics::engine_pass(took, plan.unschedulable.len());
         if took > interval {
             warn!(
                 ?took,
@@ -594,6 +595,7 @@ impl<K: Kv> Engine<K> {
                 plan.decisions.iter().map(|d| d.change.clone()).collect();
             match self.registry.apply_schedule(fence, &changes).await {
                 Ok(revision) => {
+                    crate::metrics::engine_applied(&plan.decisions);
                     for d in &plan.decisions {
                         let (unit, machine, reason) = (d.unit(), d.machine(), &d.reason);
                         match d.change {
