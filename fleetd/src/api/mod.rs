@@ -34,6 +34,7 @@ mod error;
 mod page;
 mod routes;
 mod serve;
+mod snapshot;
 
 #[cfg(test)]
 mod tests;
@@ -79,6 +80,9 @@ pub fn router<K: Kv>(client: RegistryClient<K>, opts: ApiOptions) -> Router {
         client,
         token_limit: opts.token_limit.max(1),
         ready: opts.ready.clone(),
+        units: snapshot::Slot::default(),
+        states: snapshot::Slot::default(),
+        machines: snapshot::Slot::default(),
     });
     let server = HeaderValue::from_str(&format!("fleetd/{}", crate::VERSION))
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));

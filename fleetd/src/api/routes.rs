@@ -20,10 +20,14 @@ use tokio::sync::watch;
 
 use super::error::{ApiError, json_response};
 use super::page::PageToken;
+use super::snapshot::Slot;
 use crate::client::registry::{PutOutcome, UNIT_NOT_FOUND, go_quote};
 use crate::client::{FleetApi, RegistryClient};
 use crate::registry::Kv;
-use crate::schema::{MachineId, MachinePage, TargetState, UnitOption, UnitPage, UnitStatePage};
+use crate::schema::{
+    Machine, MachineId, MachinePage, TargetState, Unit, UnitOption, UnitPage, UnitState,
+    UnitStatePage,
+};
 
 /// The two prefixes the API is served under.
 pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -51,6 +55,12 @@ pub(super) struct AppState<K> {
     /// Whether fleetd is registered (for `/metrics`, which is served before
     /// that too).
     pub ready: watch::Receiver<bool>,
+    /// The last listing of units, for the pages after the first.
+    pub units: Slot<Unit>,
+    /// The last listing of unit states, for the pages after the first.
+    pub states: Slot<UnitState>,
+    /// The last listing of machines, for the pages after the first.
+    pub machines: Slot<Machine>,
 }
 
 /// Handlers' state.
@@ -355,7 +365,11 @@ async fn machines<K: Kv>(State(s): Shared<K>, req: Request) -> Answer {
     match *req.method() {
         Method::GET => {
             let token = PageToken::from_query(&query_pairs(req.uri()), s.token_limit)?;
-            let (machines, next_page_token) = token.slice(s.client.machines().await?);
+            let all = s
+                .machines
+                .get("", token.page == 1, s.client.machines())
+                .await?;
+            let (machines, next_page_token) = token.slice(&all);
             let page = MachinePage {
                 machines,
                 next_page_token,
@@ -475,7 +489,8 @@ async fn unit_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Answ
         return Err(ApiError::method_not_allowed(ONLY_GET));
     }
     let token = PageToken::from_query(&query_pairs(&uri), s.token_limit)?;
-    let (units, next_page_token) = token.slice(s.client.units().await?);
+    let all = s.units.get("", token.page == 1, s.client.units()).await?;
+    let (units, next_page_token) = token.slice(&all);
     Ok(json_response(
         StatusCode::OK,
         &UnitPage {
@@ -629,14 +644,18 @@ async fn state_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Ans
     }
     let params = query_pairs(&uri);
     let token = PageToken::from_query(&params, s.token_limit)?;
+    let unit = first_param(&params, "unitName");
+    let machine = first_param(&params, "machineID");
+    let query = format!("{}\n{}", unit.unwrap_or(""), machine.unwrap_or(""));
     let all = s
-        .client
-        .unit_states_matching(
-            first_param(&params, "unitName"),
-            first_param(&params, "machineID"),
+        .states
+        .get(
+            &query,
+            token.page == 1,
+            s.client.unit_states_matching(unit, machine),
         )
         .await?;
-    let (states, next_page_token) = token.slice(all);
+    let (states, next_page_token) = token.slice(&all);
     Ok(json_response(
         StatusCode::OK,
         &UnitStatePage {
