@@ -117,7 +117,10 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("all {n} units scheduled {:.2?} after the engine started", t.elapsed());
+    println!(
+        "all {n} units scheduled {:.2?} after the engine started",
+        t.elapsed()
+    );
 
     // Lose a machine that holds units: its lease is revoked (as on expiry).
     let targets = registry.targets().await?.items;
@@ -133,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     registry.revoke_lease(leases[&index]).await?;
     loop {
-        let now: BTreeMap<UnitName, MachineId> = registry.targets().await?.items.into_iter().collect();
+        let now: BTreeMap<UnitName, MachineId> =
+            registry.targets().await?.items.into_iter().collect();
         if moved
             .iter()
             .all(|u| now.get(u).is_some_and(|m| *m != victim))
