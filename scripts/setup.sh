@@ -11,6 +11,8 @@ packages=(
   systemd dbus                        # the machines boot the host's own /usr
   nftables iproute2                   # network namespaces, cutting machines off
   openssh-server openssh-client       # sshd in the test machines, ssh-agent/ssh-keygen for fleetctl's SSH tests
+  tmux                                # a terminal for the interactive fleetctl ssh test
+  openssl                             # test certificates for etcd over TLS
   curl ca-certificates
 )
 

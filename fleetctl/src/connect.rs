@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use fleetd::client::http::{Target, endpoint_target};
+use fleetd::client::http::{Target, TlsOptions, endpoint_target};
 use fleetd::client::{HttpClient, RegistryClient};
+use fleetd::registry::etcd::EtcdConnectOptions;
 use fleetd::registry::{EtcdKv, Registry};
 
 use crate::cli::{DEFAULT_ENDPOINT, GlobalArgs};
@@ -141,8 +142,8 @@ pub async fn client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<(Client,
     }
     let timeout = seconds(global.request_timeout);
     let http = match tunnel {
-        None => HttpClient::new(first, timeout)?,
-        Some(session) => tunneled(first, session, &global.remote_fleetctl, timeout)?,
+        None => HttpClient::with_tls(first, timeout, &api_tls(global))?,
+        Some(session) => tunneled(first, session, global, timeout)?,
     };
     Ok((Client::Http(http), remote))
 }
@@ -151,31 +152,46 @@ pub async fn client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<(Client,
 fn tunneled(
     endpoint: &str,
     session: Arc<Session>,
-    remote_fleetctl: &str,
+    global: &GlobalArgs,
     timeout: Duration,
 ) -> anyhow::Result<HttpClient> {
+    let (remote_fleetctl, tls) = (&global.remote_fleetctl, api_tls(global));
     let client = match endpoint_target(endpoint)? {
         Target::Unix(path) => {
             let command = format!("{remote_fleetctl} fd-forward {path}");
-            HttpClient::over_stream(
+            HttpClient::over_stream_with_tls(
                 endpoint,
                 move || {
                     let (session, command) = (session.clone(), command.clone());
                     async move { session.exec_stream(&command).await }
                 },
                 timeout,
+                &tls,
             )?
         }
-        Target::Tcp { host, port } => HttpClient::over_stream(
+        Target::Tcp { host, port } => HttpClient::over_stream_with_tls(
             endpoint,
             move || {
                 let (session, host) = (session.clone(), host.clone());
                 async move { session.direct_tcpip(&host, port).await }
             },
             timeout,
+            &tls,
         )?,
     };
     Ok(client)
+}
+
+/// The API driver's TLS settings: `--ca-file`, `--cert-file`, `--key-file`
+/// (or their deprecated `--etcd-*` spellings), used only for `https://`
+/// endpoints and ignored silently for the others, as in the original.
+fn api_tls(global: &GlobalArgs) -> TlsOptions {
+    let path = |s: &str| (!s.is_empty()).then(|| expand_home(s));
+    TlsOptions {
+        ca_file: path(&global.ca_file),
+        cert_file: path(&global.cert_file),
+        key_file: path(&global.key_file),
+    }
 }
 
 /// The etcd driver's client.
@@ -198,9 +214,16 @@ async fn etcd_client(global: &GlobalArgs) -> anyhow::Result<RegistryClient<EtcdK
         .iter()
         .any(|e| e.starts_with("unix:") || e.starts_with("file:"))
     {
-        bail!("the etcd driver needs http:// etcd endpoints, not {endpoint}");
+        bail!("the etcd driver needs http:// or https:// etcd endpoints, not {endpoint}");
     }
-    let kv = EtcdKv::connect(&endpoints, seconds(global.request_timeout)).await?;
+    let path = |p: &str| (!p.is_empty()).then(|| expand_home(p));
+    let options = EtcdConnectOptions {
+        ca_file: path(&global.ca_file),
+        cert_file: path(&global.cert_file),
+        key_file: path(&global.key_file),
+        ..EtcdConnectOptions::new(seconds(global.request_timeout))
+    };
+    let kv = EtcdKv::connect_with(&endpoints, &options).await?;
     Ok(RegistryClient::new(Registry::new(
         kv,
         &global.etcd_key_prefix,
@@ -280,7 +303,22 @@ mod tests {
             format!("{err:#}").contains(r#"unable to connect to host "var" with scheme "unix""#),
             "{err:#}"
         );
-        assert!(client(&["--endpoint=https://a:1"]).0.is_err());
+        assert!(client(&["--endpoint=ftp://a:1"]).0.is_err());
+        assert!(client(&["--endpoint=https://a:1"]).0.is_ok());
+        // The TLS files are read for https only, and named when unreadable.
+        assert!(
+            client(&["--endpoint=http://a:1", "--ca-file=/nonexistent.pem"])
+                .0
+                .is_ok()
+        );
+        let err = client(&["--endpoint=https://a:1", "--ca-file=/nonexistent.pem"])
+            .0
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("cannot read CA file /nonexistent.pem"),
+            "{err:#}"
+        );
         assert!(client(&["--request-timeout=0"]).0.is_ok());
     }
 

@@ -44,6 +44,8 @@ use crate::api::{self, ApiOptions, Listener};
 use crate::client::RegistryClient;
 use crate::config::{Config, ListenAddr};
 use crate::engine::{Engine, EngineConfig, EngineSnapshot};
+use crate::registry::cache::CacheMode;
+use crate::registry::etcd::EtcdConnectOptions;
 use crate::registry::{EtcdKv, Registry};
 use crate::schema::{Capabilities, MachineId, MachineRecord};
 
@@ -301,7 +303,15 @@ async fn run_generation(
         .await
         .context("cannot connect to systemd over D-Bus")?,
     );
-    let kv = EtcdKv::connect(&config.etcd_servers, config.etcd_request_timeout)
+    let etcd_options = EtcdConnectOptions {
+        ca_file: config.etcd_cafile.clone(),
+        cert_file: config.etcd_certfile.clone(),
+        key_file: config.etcd_keyfile.clone(),
+        username: config.etcd_username.clone(),
+        password: config.etcd_password.clone(),
+        ..EtcdConnectOptions::new(config.etcd_request_timeout)
+    };
+    let kv = EtcdKv::connect_with(&config.etcd_servers, &etcd_options)
         .await
         .context("cannot set up the etcd client")?;
     let registry = Registry::new(crate::metrics::Metered::new(kv), &config.etcd_key_prefix);
@@ -331,7 +341,14 @@ async fn run_generation(
         registry.clone(),
         systemd.clone(),
         machine.clone(),
-        AgentConfig::default(),
+        AgentConfig {
+            // disable_watches: poll the schedule every reconcile interval.
+            cache: CacheMode::from_disable_watches(
+                config.disable_watches,
+                AgentConfig::default().reconcile_interval,
+            ),
+            ..AgentConfig::default()
+        },
         publisher_handle,
     );
     let engine = Engine::new(

@@ -97,7 +97,11 @@ async fn main() -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    println!("filled {n} units ({} scheduled) in {:.1?}", n / 2, started.elapsed());
+    println!(
+        "filled {n} units ({} scheduled) in {:.1?}",
+        n / 2,
+        started.elapsed()
+    );
 
     // Serve the API in-process on a unix socket.
     let dir = tempfile::tempdir()?;

@@ -59,6 +59,21 @@ pub struct EtcdOptions {
     pub listen_ips: Vec<Ipv4Addr>,
 }
 
+/// TLS on etcd's client port (`--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`): clients must present a
+/// certificate signed by the CA. PEM files, e.g. made with the `openssl` CLI.
+/// Health is then probed on a plain-HTTP metrics port
+/// (`--listen-metrics-urls`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The server certificate (with `IP:127.0.0.1` among its names).
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// The CA client certificates must be signed by.
+    pub trusted_ca_file: PathBuf,
+}
+
 /// A running (or stopped, restartable) etcd. Dropping it kills etcd and
 /// removes its data.
 #[derive(Debug)]
@@ -73,6 +88,10 @@ pub struct Etcd {
     peer_port: u16,
     /// Extra client addresses.
     listen_ips: Vec<Ipv4Addr>,
+    /// TLS on the client port, if any.
+    tls: Option<EtcdTls>,
+    /// The plain-HTTP metrics/health port (used with TLS only).
+    metrics_port: u16,
     /// Holds `data/` and `etcd.log`; removed by the guardian.
     dir: PathBuf,
     /// The current etcd process and its guardian.
@@ -103,12 +122,26 @@ impl Etcd {
             .context("the task starting etcd failed")?
     }
 
+    /// Start etcd on 127.0.0.1 serving clients over TLS only (`https://`
+    /// endpoints), requiring client certificates.
+    pub async fn start_tls(tls: EtcdTls) -> anyhow::Result<Etcd> {
+        tokio::task::spawn_blocking(move || {
+            Etcd::start_blocking_tls(EtcdOptions::default(), Some(tls))
+        })
+        .await
+        .context("the task starting etcd failed")?
+    }
+
     /// Start etcd from synchronous code (blocks until it is healthy).
     pub fn start_blocking(options: EtcdOptions) -> anyhow::Result<Etcd> {
+        Etcd::start_blocking_tls(options, None)
+    }
+
+    fn start_blocking_tls(options: EtcdOptions, tls: Option<EtcdTls>) -> anyhow::Result<Etcd> {
         let bin = require_tool("etcd")?;
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
-            let ports = free_ports(2)?;
+            let ports = free_ports(3)?;
             let dir = tempfile::Builder::new()
                 .prefix("tb-etcd.")
                 .tempdir_in("/dev/shm")
@@ -120,6 +153,8 @@ impl Etcd {
                 client_port: ports[0],
                 peer_port: ports[1],
                 listen_ips: options.listen_ips.clone(),
+                tls: tls.clone(),
+                metrics_port: ports[2],
                 dir,
                 running: None,
             };
@@ -135,14 +170,28 @@ impl Etcd {
         )
     }
 
-    /// `http://127.0.0.1:<port>`: the endpoint for clients on the host.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS): the endpoint for
+    /// clients on the host.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     /// The endpoint on one of the extra listen addresses.
     pub fn endpoint_on(&self, ip: Ipv4Addr) -> String {
-        format!("http://{ip}:{}", self.client_port)
+        format!("{}://{ip}:{}", self.scheme(), self.client_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Where `GET /health` is answered over plain HTTP.
+    fn health_port(&self) -> u16 {
+        if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        }
     }
 
     /// The endpoint machines should use: the first extra listen address, or
@@ -211,6 +260,8 @@ impl Etcd {
             client_port: self.client_port,
             peer_port: self.peer_port,
             listen_ips: Vec::new(),
+            tls: self.tls.clone(),
+            metrics_port: self.metrics_port,
             dir: PathBuf::new(),
             running: None,
         }
@@ -272,6 +323,19 @@ impl Etcd {
             ]
             .map(String::from),
         );
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--cert-file".into(),
+                tls.cert_file.display().to_string(),
+                "--key-file".into(),
+                tls.key_file.display().to_string(),
+                "--trusted-ca-file".into(),
+                tls.trusted_ca_file.display().to_string(),
+                "--client-cert-auth".into(),
+                "--listen-metrics-urls".into(),
+                format!("http://127.0.0.1:{}", self.metrics_port),
+            ]);
+        }
         args
     }
 
@@ -312,7 +376,7 @@ impl Etcd {
         };
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
-            if healthy(self.client_port) {
+            if healthy(self.health_port()) {
                 self.running = Some(running);
                 return Ok(());
             }

@@ -670,3 +670,157 @@ async fn ssh_tunnel_status_journal_and_known_hosts() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A tmux server of its own (socket in a temporary directory), killed on
+/// drop through that socket.
+struct Tmux {
+    /// The server's socket (`tmux -S`).
+    sock: PathBuf,
+    /// Holds the socket and the config file.
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// A server whose panes stay after their command exits, so the screen
+    /// and the exit status can be read; fails clearly without tmux.
+    fn new() -> anyhow::Result<Tmux> {
+        let found = std::process::Command::new("tmux")
+            .arg("-V")
+            .output()
+            .map_err(|e| anyhow::anyhow!("tmux is needed (scripts/setup.sh installs it): {e}"))?;
+        anyhow::ensure!(found.status.success(), "tmux -V failed: {found:?}");
+        let dir = tempfile::tempdir()?;
+        Ok(Tmux {
+            sock: dir.path().join("tmux.sock"),
+            _dir: dir,
+        })
+    }
+
+    /// Runs `tmux -S <sock> -f <conf> <args>`; fails unless it exits 0.
+    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let conf = self.sock.with_file_name("tmux.conf");
+        std::fs::write(
+            &conf,
+            "set -g remain-on-exit on\nset -g history-limit 5000\n",
+        )?;
+        let out = tokio::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("-f")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The pane's screen and scrollback as text.
+    async fn screen(&self) -> anyhow::Result<String> {
+        self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"])
+            .await
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `fleetctl ssh <machine>` without a command on a real terminal (a tmux
+/// pane): a remote shell that runs what is typed and ends with `exit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_ssh_in_a_terminal() -> anyhow::Result<()> {
+    let tmux = Tmux::new()?;
+    let cluster = Cluster::start(ClusterOptions {
+        members: 1,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let keys = tempfile::tempdir()?;
+    let agent = SshAgent::start()?;
+    let client_key = KeyPair::generate(keys.path(), "client")?;
+    agent.add(&client_key)?;
+    let m = &cluster.members[0];
+    let host_key = KeyPair::generate(keys.path(), "host0")?;
+    start_sshd(&m.machine, &m.ip(), &host_key, &[&client_key]).await?;
+    let ctl = Fleetctl::new(Some(&agent.sock))?;
+    write_known_hosts(
+        &ctl.home.path().join(".fleetctl/known_hosts"),
+        &[(m.ip(), &host_key)],
+    )?;
+    let out = m.machine.exec(&["hostname"]).await?;
+    let hostname = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(!hostname.is_empty(), "the machine has no hostname: {out:?}");
+
+    // A clean environment: only what fleetctl needs. Its exit status goes
+    // to a file (tmux's own report of it is racy).
+    let status_file = keys.path().join("fleetctl-status");
+    let command = format!(
+        "env -i HOME={home} PATH=/usr/bin:/bin TERM=screen SSH_AUTH_SOCK={sock} RUST_LOG=warn \
+         sh -c '{bin} --endpoint={ep} --ssh-username=root ssh {id}; echo $? > {status}'",
+        status = status_file.display(),
+        home = ctl.home.path().display(),
+        sock = agent.sock.display(),
+        bin = ctl.bin.display(),
+        ep = m.endpoint(),
+        id = m.machine.machine_id(),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &command,
+    ])
+    .await?;
+    // The remote shell's prompt (root's: ending in '#').
+    wait_until(
+        "the remote shell's prompt",
+        Duration::from_secs(60),
+        || tmux.screen(),
+        |s| s.lines().any(|l| l.trim_end().ends_with('#')),
+    )
+    .await?;
+    tmux.run(&["send-keys", "-t", "t", "-l", "echo hi-from-$(hostname)"])
+        .await?;
+    tmux.run(&["send-keys", "-t", "t", "Enter"]).await?;
+    let want = format!("hi-from-{hostname}");
+    wait_until(
+        &format!("{want} on the terminal"),
+        Duration::from_secs(30),
+        || tmux.screen(),
+        |s| s.lines().any(|l| l.trim_end() == want),
+    )
+    .await?;
+    tmux.run(&["send-keys", "-t", "t", "-l", "exit"]).await?;
+    tmux.run(&["send-keys", "-t", "t", "Enter"]).await?;
+    // fleetctl ends with the shell, exit status 0 (the screen is kept in
+    // the observation for a failure's message).
+    wait_until(
+        "fleetctl to exit 0 after `exit`",
+        Duration::from_secs(30),
+        || async {
+            let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+            Ok((status, tmux.screen().await?))
+        },
+        |(status, _)| status == "0\n",
+    )
+    .await?;
+    Ok(())
+}

@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use units::{UnitFile, UnitHash, UnitName};
 
-use crate::registry::cache::{self, Reflector, Store};
+use crate::registry::cache::{self, CacheMode, Reflector, Store};
 use crate::registry::{Kv, ParsedKey, Registry, Revision};
 use crate::schema::{MachineId, ScheduledUnit};
 
@@ -72,12 +72,16 @@ pub struct AgentConfig {
     /// How often to reconcile when the schedule does not change (fleet's
     /// agent: 5 s).
     pub reconcile_interval: Duration,
+    /// How the schedule cache keeps up: `disable_watches` polls every
+    /// `reconcile_interval` instead of watching.
+    pub cache: CacheMode,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             reconcile_interval: Duration::from_secs(5),
+            cache: CacheMode::Watch,
         }
     }
 }
@@ -190,6 +194,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                 _ => None,
             },
         );
+        let reflector = reflector.with_mode(self.config.cache);
         async move {
             tokio::select! {
                 () = reflector.run(cancel.clone()) => Ok(()),

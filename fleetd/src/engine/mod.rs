@@ -57,7 +57,7 @@ pub use schedule::{
 use view::{Overlay, Snapshots};
 
 use crate::config::Config;
-use crate::registry::cache::{Reflector, Store};
+use crate::registry::cache::{CacheMode, Reflector, Store};
 use crate::registry::{self, Fence, Kv, LeaseId, ParsedKey, Registry, Revision, ScheduleChange};
 use crate::schema::{MachineId, MachineRecord};
 
@@ -79,6 +79,9 @@ pub struct EngineConfig {
     pub reconcile_interval: Duration,
     /// `disable_engine`: never lead (the loop only waits for shutdown).
     pub disabled: bool,
+    /// How the engine's caches keep up: `disable_watches` polls every
+    /// `reconcile_interval` instead of watching.
+    pub cache: CacheMode,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
         EngineConfig {
             reconcile_interval: Duration::from_secs(2),
             disabled: false,
+            cache: CacheMode::Watch,
         }
     }
 }
@@ -96,6 +100,10 @@ impl EngineConfig {
         EngineConfig {
             reconcile_interval: config.engine_reconcile_interval,
             disabled: config.disable_engine,
+            cache: CacheMode::from_disable_watches(
+                config.disable_watches,
+                config.engine_reconcile_interval,
+            ),
         }
     }
 
@@ -295,6 +303,7 @@ impl<K: Kv> Engine<K> {
                 _ => None,
             },
         );
+        let reflector = reflector.with_mode(self.config.cache);
         // The cache stops only after `follow` has returned (a leader must
         // release before the loop ends), hence its own token.
         let stop_cache = CancellationToken::new();
@@ -403,21 +412,25 @@ impl<K: Kv> Engine<K> {
             keys.units_prefix(),
             view::decode_unit(keys.clone()),
         );
+        let units_r = units_r.with_mode(self.config.cache);
         let (schedule_r, schedule) = Reflector::new(
             kv.clone(),
             keys.schedule_prefix(),
             view::decode_entry(keys.clone()),
         );
+        let schedule_r = schedule_r.with_mode(self.config.cache);
         let (machines_r, machines) = Reflector::new(
             kv.clone(),
             keys.machines_prefix(),
             view::decode_machine(keys.clone()),
         );
+        let machines_r = machines_r.with_mode(self.config.cache);
         let (metadata_r, metadata) = Reflector::new(
             kv.clone(),
             keys.metadata_prefix(),
             view::decode_metadata(keys.clone()),
         );
+        let metadata_r = metadata_r.with_mode(self.config.cache);
         let stores = Stores {
             units,
             schedule,

@@ -31,6 +31,7 @@ fn config(interval_secs: u64) -> EngineConfig {
     EngineConfig {
         reconcile_interval: Duration::from_secs(interval_secs),
         disabled: false,
+        ..EngineConfig::default()
     }
 }
 

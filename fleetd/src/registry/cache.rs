@@ -24,6 +24,12 @@
 //!   Only when that history is gone (`Compacted`, which is also how
 //!   [`MemKv`](super::MemKv) cuts off a watcher that fell behind) does it
 //!   relist and swap.
+//! - **Polling** ([`CacheMode::Poll`], fleet's `disable_watches`): no watch
+//!   at all; the prefix is listed every interval and the snapshot swapped
+//!   (and readers woken) only when the listing differs from the last one
+//!   (another set of keys or another `mod_revision` on one), so an idle
+//!   cluster wakes nobody. A failed listing is retried after the back-off
+//!   (never longer than the interval). Changes show up within one interval.
 //!
 //! ```no_run
 //! use fleetd::registry::cache::{self, Reflector};
@@ -173,6 +179,27 @@ impl<T> Store<T> {
     }
 }
 
+/// How a [`Reflector`] keeps its cache up to date.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// List once, then follow an etcd watch (the default).
+    #[default]
+    Watch,
+    /// Relist every interval, no watch (fleet's `disable_watches`).
+    Poll(Duration),
+}
+
+impl CacheMode {
+    /// `Poll(interval)` when `disable_watches`, else `Watch`.
+    pub fn from_disable_watches(disable_watches: bool, interval: Duration) -> Self {
+        if disable_watches {
+            CacheMode::Poll(interval)
+        } else {
+            CacheMode::Watch
+        }
+    }
+}
+
 /// Feeds one [`Store`] from a key prefix: list, then watch; see the module
 /// docs. Run it with [`Reflector::run`].
 pub struct Reflector<K, T> {
@@ -188,6 +215,8 @@ pub struct Reflector<K, T> {
     min_backoff: Duration,
     /// The longest back-off.
     max_backoff: Duration,
+    /// Watch or poll.
+    mode: CacheMode,
 }
 
 impl<K, T> fmt::Debug for Reflector<K, T> {
@@ -228,8 +257,22 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
             shared: shared.clone(),
             min_backoff: MIN_BACKOFF,
             max_backoff: MAX_BACKOFF,
+            mode: CacheMode::Watch,
         };
         (reflector, Store { shared })
+    }
+
+    /// Keep up in `mode` instead of watching.
+    #[must_use]
+    pub fn with_mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Relist every `interval` instead of watching (see the module docs).
+    #[must_use]
+    pub fn polling(self, interval: Duration) -> Self {
+        self.with_mode(CacheMode::Poll(interval))
     }
 
     /// Another reader of the cache.
@@ -242,6 +285,9 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
     /// Keep the cache up to date until `cancel` fires. Every failure is
     /// retried (with back-off), so this returns only when cancelled.
     pub async fn run(self, cancel: CancellationToken) {
+        if let CacheMode::Poll(interval) = self.mode {
+            return self.poll(interval, cancel).await;
+        }
         let mut backoff = self.min_backoff;
         // The revision up to which the cache is complete; `None`: relist.
         let mut position: Option<Revision> = None;
@@ -280,6 +326,45 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
             }
             if !self.sleep(&mut backoff, &cancel).await {
                 return;
+            }
+        }
+    }
+
+    /// The polling mode: list every `interval`, swapping only on a change.
+    async fn poll(self, interval: Duration, cancel: CancellationToken) {
+        let interval = interval.max(Duration::from_millis(1));
+        let mut backoff = self.min_backoff;
+        // (key, mod_revision) of the last listing swapped in.
+        let mut last: Option<Vec<(String, i64)>> = None;
+        loop {
+            let listed = tokio::select! {
+                () = cancel.cancelled() => return,
+                listed = self.kv.list(&self.prefix) => listed,
+            };
+            let delay = match listed {
+                Ok((kvs, revision)) => {
+                    backoff = self.min_backoff;
+                    let seen: Vec<(String, i64)> = kvs
+                        .iter()
+                        .map(|kv| (kv.key.clone(), kv.mod_revision))
+                        .collect();
+                    if last.as_ref() != Some(&seen) {
+                        self.replace(&kvs, revision);
+                        debug!(prefix = %self.prefix, %revision, entries = kvs.len(), "cache polled a change");
+                        last = Some(seen);
+                    }
+                    interval
+                }
+                Err(error) => {
+                    warn!(prefix = %self.prefix, %error, "cache cannot list; retrying");
+                    let delay = backoff.min(interval);
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    delay
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -590,6 +675,53 @@ mod tests {
             contents(&store),
             vec![("/c/a".into(), "1".into()), ("/c/b".into(), "2".into())]
         );
+        cancel.cancel();
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_follows_changes_and_wakes_only_on_change() -> Result<()> {
+        let kv = MemKv::new();
+        put(&kv, "/c/a", "1").await?;
+        let interval = Duration::from_secs(5);
+        let (reflector, store) = Reflector::new(kv.clone(), "/c/", text);
+        let reflector = reflector.polling(interval);
+        let cancel = CancellationToken::new();
+        tokio::spawn(reflector.run(cancel.clone()));
+        store.wait_ready().await;
+        assert_eq!(contents(&store), vec![("/c/a".into(), "1".into())]);
+
+        // Nothing changes under the prefix (a write elsewhere moves the
+        // store's revision): several polls, no wake-up, same snapshot.
+        let mut rx = store.subscribe();
+        rx.borrow_and_update();
+        let before = store.snapshot();
+        put(&kv, "/other/x", "1").await?;
+        tokio::time::sleep(interval * 4).await;
+        assert!(
+            !rx.has_changed().expect("the store is alive"),
+            "no change, no wake-up"
+        );
+        assert!(
+            Arc::ptr_eq(&before, &store.snapshot()),
+            "the snapshot is kept"
+        );
+
+        // A put, an overwrite and a delete each show up within an interval.
+        let rev = put(&kv, "/c/b", "2").await?;
+        reach(&store, rev).await;
+        put(&kv, "/c/a", "3").await?;
+        let rev = delete(&kv, "/c/b").await?;
+        reach(&store, rev).await;
+        assert_eq!(contents(&store), vec![("/c/a".into(), "3".into())]);
+
+        // An outage is survived.
+        kv.set_unavailable(true);
+        tokio::time::sleep(interval * 3).await;
+        kv.set_unavailable(false);
+        let rev = put(&kv, "/c/c", "4").await?;
+        reach(&store, rev).await;
+        assert_eq!(store.snapshot().len(), 2);
         cancel.cancel();
         Ok(())
     }

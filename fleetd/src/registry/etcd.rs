@@ -19,6 +19,11 @@
 //!   watch ends its stream with `Compacted` when etcd says the start revision
 //!   is gone, `Unavailable` otherwise.
 //!
+//! - TLS and authentication come from [`EtcdConnectOptions`] (fleet's
+//!   `etcd_cafile`, `etcd_certfile`, `etcd_keyfile`, `etcd_username`,
+//!   `etcd_password`) through [`EtcdKv::connect_with`]; TLS is rustls with
+//!   ring, trusting only the given CA.
+//!
 //! Error mapping: transport failures, timeouts and the gRPC codes etcd uses
 //! for transient trouble (`Unavailable`, `DeadlineExceeded`, `Cancelled`,
 //! `Aborted`, `Internal`, `Unknown`, `ResourceExhausted`) are `Unavailable`;
@@ -28,6 +33,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client as ec;
@@ -47,6 +53,124 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive ping interval while a stream is open (etcd refuses
 /// pings more often than every 5 s).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How to reach etcd: the request bound, TLS files and credentials (fleet's
+/// `etcd_request_timeout`, `etcd_cafile`, `etcd_certfile`, `etcd_keyfile`,
+/// `etcd_username`, `etcd_password`). See [`EtcdKv::connect_with`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConnectOptions {
+    /// The bound on every request and on connecting.
+    pub request_timeout: Duration,
+    /// PEM CA certificate(s) to verify etcd's server certificate with.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (goes with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key_file: Option<PathBuf>,
+    /// User name for etcd authentication.
+    pub username: Option<String>,
+    /// Password for etcd authentication (goes with `username`).
+    pub password: Option<String>,
+}
+
+impl EtcdConnectOptions {
+    /// Only a request timeout: plain HTTP, no authentication.
+    pub fn new(request_timeout: Duration) -> Self {
+        EtcdConnectOptions {
+            request_timeout,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    /// Whether any TLS file is set.
+    pub fn uses_tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+impl fmt::Debug for EtcdConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConnectOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Why [`EtcdKv::connect_with`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A TLS file could not be read or holds no PEM data.
+    #[error("cannot use the etcd {what} {}: {reason}", path.display())]
+    Tls {
+        /// Which file: "CA file", "certificate file", "key file".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The options do not fit together (a certificate without its key...).
+    #[error("invalid etcd connection options: {0}")]
+    Options(String),
+    /// Connecting (or authenticating) failed.
+    #[error(transparent)]
+    Registry(#[from] Error),
+}
+
+/// Read one PEM file for TLS, naming it in the error.
+fn read_pem(what: &'static str, path: &Path) -> std::result::Result<Vec<u8>, ConnectError> {
+    let tls_error = |reason: String| ConnectError::Tls {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| tls_error(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN ") {
+        return Err(tls_error("no PEM data in it".to_owned()));
+    }
+    Ok(pem)
+}
+
+/// The TLS configuration the options ask for, if any.
+fn tls_options(
+    options: &EtcdConnectOptions,
+) -> std::result::Result<Option<ec::TlsOptions>, ConnectError> {
+    if !options.uses_tls() {
+        return Ok(None);
+    }
+    let mut tls = ec::TlsOptions::new();
+    if let Some(ca) = &options.ca_file {
+        tls = tls.ca_certificate(ec::Certificate::from_pem(read_pem("CA file", ca)?));
+    }
+    match (&options.cert_file, &options.key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = read_pem("certificate file", cert)?;
+            let key = read_pem("key file", key)?;
+            tls = tls.identity(ec::Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(ConnectError::Options(
+                "an etcd client certificate needs its key file".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConnectError::Options(
+                "an etcd client key needs its certificate file".to_owned(),
+            ));
+        }
+    }
+    Ok(Some(tls))
+}
 
 /// The store over a real etcd. Cheap to clone: clones share one connection.
 #[derive(Clone)]
@@ -205,32 +329,70 @@ fn header_revision(h: Option<&ec::ResponseHeader>) -> i64 {
 }
 
 impl EtcdKv {
-    /// Connect to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`). Every
-    /// request, and the connection itself, is bounded by `request_timeout`.
-    /// The connection is made lazily: an unreachable etcd shows up as
-    /// `Unavailable` on the first operation, not here.
+    /// Connect to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`) without
+    /// TLS or authentication: [`EtcdKv::connect_with`] with only the
+    /// request timeout set.
     pub async fn connect(endpoints: &[String], request_timeout: Duration) -> Result<Self> {
-        let options = ec::ConnectOptions::new()
-            .with_timeout(request_timeout)
-            .with_connect_timeout(request_timeout)
-            .with_keep_alive(KEEP_ALIVE_INTERVAL, request_timeout);
-        let op = || format!("connecting to etcd at {}", endpoints.join(","));
-        let client = match tokio::time::timeout(
-            request_timeout,
-            ec::Client::connect(endpoints, Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(map_err(op(), e)),
-            Err(elapsed) => {
-                return Err(Error::Unavailable {
-                    op: op(),
-                    source: Box::new(elapsed),
-                });
-            }
-        };
+        let options = EtcdConnectOptions::new(request_timeout);
+        let client = EtcdKv::open(endpoints, &options, None).await?;
         Ok(EtcdKv::from_client(client, request_timeout))
+    }
+
+    /// Connect to etcd at `endpoints` with `options`. Every request, and the
+    /// connection itself, is bounded by `options.request_timeout`.
+    ///
+    /// - **TLS**: a CA file or a client certificate turns TLS on; the
+    ///   endpoints must then be `https://`. The CA file is the only trust
+    ///   root (without one, an `https://` endpoint cannot be verified and
+    ///   every request fails). A client certificate needs its key and the
+    ///   other way round. The files are read here: one that cannot be read
+    ///   or holds no PEM block is a [`ConnectError::Tls`] naming it.
+    /// - **Authentication**: with a user name, the client authenticates
+    ///   (here, so wrong credentials fail at once) and sends the token with
+    ///   every request, refreshing it when etcd says it expired.
+    ///
+    /// Without authentication the connection is made lazily: an
+    /// unreachable etcd shows up as `Unavailable` on the first operation.
+    pub async fn connect_with(
+        endpoints: &[String],
+        options: &EtcdConnectOptions,
+    ) -> std::result::Result<Self, ConnectError> {
+        let tls = tls_options(options)?;
+        if options.password.is_some() && options.username.is_none() {
+            return Err(ConnectError::Options(
+                "an etcd password was given without a user name".to_owned(),
+            ));
+        }
+        let client = EtcdKv::open(endpoints, options, tls).await?;
+        Ok(EtcdKv::from_client(client, options.request_timeout))
+    }
+
+    /// Build the client under the timeout.
+    async fn open(
+        endpoints: &[String],
+        options: &EtcdConnectOptions,
+        tls: Option<ec::TlsOptions>,
+    ) -> Result<ec::Client> {
+        let timeout = options.request_timeout;
+        let mut connect = ec::ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, timeout);
+        if let Some(tls) = tls {
+            connect = connect.with_tls(tls);
+        }
+        if let Some(user) = &options.username {
+            connect = connect.with_user(user.clone(), options.password.clone().unwrap_or_default());
+        }
+        let op = || format!("connecting to etcd at {}", endpoints.join(","));
+        match tokio::time::timeout(timeout, ec::Client::connect(endpoints, Some(connect))).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(map_err(op(), e)),
+            Err(elapsed) => Err(Error::Unavailable {
+                op: op(),
+                source: Box::new(elapsed),
+            }),
+        }
     }
 
     /// Wrap an existing client; every request is bounded by `request_timeout`.
