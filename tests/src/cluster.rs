@@ -310,32 +310,7 @@ impl Cluster {
     /// Parses `fleetctl list-units --no-legend --full --fields unit,active,machine`
     /// into (unit, active state, machine ID) rows.
     pub async fn list_units(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let out = self
-            .fleetctl(&[
-                "list-units",
-                "--no-legend",
-                "--full",
-                "--fields",
-                "unit,active,machine",
-            ])
-            .await?;
-        check(&out, "fleetctl list-units")?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let unit = f.next()?.to_owned();
-                let active = f.next()?.to_owned();
-                let machine = f
-                    .next()
-                    .unwrap_or("")
-                    .split('/')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                Some((unit, active, machine))
-            })
-            .collect())
+        self.list_units_via(0).await
     }
 
     /// The member whose machine ID is `id`.
