@@ -29,7 +29,13 @@
 //! close on its own line (the original read on to the next `]`), a leading
 //! UTF-8 byte-order mark is ignored, and every physical line of 2048 bytes or
 //! more is rejected (the original's check depended on its read buffer's fill
-//! level and could miss such lines). Every error names its 1-based line.
+//! level and could miss such lines). Options that could not be written back
+//! as the same lines are errors too (see [`OptionProblem`]): a control
+//! character other than tab in a section name, option name or value (a `\r`
+//! ending a CRLF line is not part of the value), and a value ending in a
+//! backslash (`A=x\ ` with a space after the backslash, a last line ending
+//! in `\` with no newline, `\` before `\r\n`), whose canonical line would
+//! swallow the next one. Every error names its 1-based line.
 //!
 //! # Canonical text
 //!
@@ -37,6 +43,11 @@
 //! options as `Name=Value\n` in their original order, with one empty line
 //! between sections and none after the last. No options, no text. This is
 //! go-systemd's `unit.Serialize`; the [`UnitHash`] is the SHA-1 of it.
+//!
+//! A [`UnitFile`]'s options are always in the parser's normal form
+//! ([`UnitFile::from_options`] puts them in it), so for options that pass
+//! [`UnitOption::check`] the canonical text parses back to the same options
+//! and the same hash: what an agent writes is what it reads back.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,6 +56,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::UnitHash;
+use crate::line::{self, OptionProblem};
 use crate::quote::go_quote;
 
 /// Lines of this many bytes or more are rejected (systemd's `LINE_MAX`,
@@ -59,10 +71,12 @@ pub struct UnitOption {
     /// Section header the option appeared under, without brackets, e.g.
     /// `Service`; options are grouped by it in the canonical text.
     pub section: String,
-    /// Option name, e.g. `ExecStart`; trimmed of whitespace when parsed.
+    /// Option name, e.g. `ExecStart`; trimmed of whitespace when parsed (and
+    /// in a [`UnitFile`]).
     pub name: String,
-    /// Option value, trimmed; continuation lines are kept with their `\` and
-    /// newline, since the canonical text and hash depend on them.
+    /// Option value, trimmed when parsed (and in a [`UnitFile`]);
+    /// continuation lines are kept with their `\` and newline, since the
+    /// canonical text and hash depend on them.
     pub value: String,
 }
 
@@ -79,6 +93,28 @@ impl UnitOption {
             value: value.into(),
         }
     }
+
+    /// Whether the option can be written as unit-file lines that read back
+    /// as the same option, once in normal form (see [`OptionProblem`]); the
+    /// API refuses options that cannot.
+    ///
+    /// ```
+    /// use units::{OptionProblem, UnitOption};
+    ///
+    /// assert!(UnitOption::new("Service", "ExecStart", "/bin/sleep 1 ").check().is_ok());
+    /// assert_eq!(
+    ///     UnitOption::new("Service", "ExecStart", "/bin/a\n/bin/b").check(),
+    ///     Err(OptionProblem::BareNewline)
+    /// );
+    /// ```
+    pub fn check(&self) -> Result<(), OptionProblem> {
+        let name = line::normal_name(&self.name);
+        let value = line::normal_value(&self.value);
+        line::check_section(&self.section)?;
+        line::check_name(name)?;
+        line::check_value(value)?;
+        line::check_line_lengths(name, value)
+    }
 }
 
 /// The contents of a unit file: its options in their original order.
@@ -86,14 +122,26 @@ impl UnitOption {
 /// Two files with the same canonical text (and so the same [`UnitHash`]) may
 /// still differ in option order across sections; compare [`UnitFile::hash`]
 /// to ask whether two units have the same content. `Display` writes the
-/// canonical text; serde uses the option list.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// canonical text; serde uses the option list (in normal form after
+/// deserializing, as [`UnitFile::from_options`] gives).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnitFile {
-    /// Options in the order they were parsed or given; the canonical text
-    /// regroups them by section but keeps this order within a section, and
-    /// the API returns them in this order.
+    /// Options in the order they were parsed or given, in the parser's normal
+    /// form; the canonical text regroups them by section but keeps this order
+    /// within a section, and the API returns them in this order.
     options: Vec<UnitOption>,
+}
+
+impl Serialize for UnitFile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.options.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<UnitOption>::deserialize(deserializer).map(UnitFile::from_options)
+    }
 }
 
 /// A unit file's text could not be parsed.
@@ -118,6 +166,24 @@ pub enum ParseErrorKind {
     OutsideSection {
         /// The offending line, trimmed.
         text: String,
+    },
+    /// An option that could not be written back as the same lines.
+    #[error("option {} in section {}: {problem}", go_quote(.name), go_quote(.section))]
+    InvalidOption {
+        /// The section it is in.
+        section: String,
+        /// The option's name.
+        name: String,
+        /// What is wrong with it.
+        problem: OptionProblem,
+    },
+    /// A section header whose name could not be written back the same.
+    #[error("section {}: {problem}", go_quote(.section))]
+    InvalidSection {
+        /// The section name.
+        section: String,
+        /// What is wrong with it.
+        problem: OptionProblem,
     },
     /// An option line has no `=` (or a `\r` before it).
     #[error("missing \"=\" in option line {}", go_quote(.text))]
@@ -154,9 +220,24 @@ impl UnitFile {
         Parser::new(text).run()
     }
 
-    /// Wraps options as they are, e.g. from an API request. Nothing is
-    /// validated; see [`crate::validate_options`].
-    pub fn from_options(options: Vec<UnitOption>) -> UnitFile {
+    /// Wraps options, e.g. from an API request, putting each name and value
+    /// in the parser's normal form: trimmed as the parser trims them (see
+    /// [`OptionProblem`] for why). Nothing is validated; see
+    /// [`UnitOption::check`] and [`crate::validate_options`].
+    ///
+    /// ```
+    /// use units::{UnitFile, UnitOption};
+    ///
+    /// let f = UnitFile::from_options(vec![UnitOption::new("Service", "ExecStart", " /bin/true ")]);
+    /// assert_eq!(f.options()[0].value, "/bin/true");
+    /// assert_eq!(UnitFile::parse(&f.canonical())?, f);
+    /// # Ok::<(), units::ParseError>(())
+    /// ```
+    pub fn from_options(mut options: Vec<UnitOption>) -> UnitFile {
+        for opt in &mut options {
+            line::normalize(&mut opt.name, line::normal_name);
+            line::normalize(&mut opt.value, line::normal_value);
+        }
         UnitFile { options }
     }
 
@@ -173,17 +254,8 @@ impl UnitFile {
     /// The canonical text that fleet stores, hashes and `fleetctl cat`
     /// prints (see the module docs).
     pub fn canonical(&self) -> String {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
-        for opt in &self.options {
-            let slot = *index.entry(opt.section.as_str()).or_insert_with(|| {
-                sections.push((opt.section.as_str(), Vec::new()));
-                sections.len() - 1
-            });
-            sections[slot].1.push(opt);
-        }
         let mut out = String::new();
-        for (i, (section, opts)) in sections.iter().enumerate() {
+        for (i, (section, opts)) in self.sections().iter().enumerate() {
             if i > 0 {
                 out.push('\n');
             }
@@ -198,6 +270,30 @@ impl UnitFile {
             }
         }
         out
+    }
+
+    /// The options grouped by section, sections in order of first
+    /// appearance, options in their order within each.
+    fn sections(&self) -> Vec<(&str, Vec<&UnitOption>)> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
+        for opt in &self.options {
+            let slot = *index.entry(opt.section.as_str()).or_insert_with(|| {
+                sections.push((opt.section.as_str(), Vec::new()));
+                sections.len() - 1
+            });
+            sections[slot].1.push(opt);
+        }
+        sections
+    }
+
+    /// The options in the order parsing the canonical text yields them:
+    /// grouped by section as [`UnitFile::canonical`] writes them.
+    pub(crate) fn regrouped(&self) -> Vec<UnitOption> {
+        self.sections()
+            .into_iter()
+            .flat_map(|(_, opts)| opts.into_iter().cloned())
+            .collect()
     }
 
     /// SHA-1 of [`UnitFile::canonical`]: the unit's content address.
@@ -330,9 +426,20 @@ impl<'a> Parser<'a> {
                         ));
                     };
                     let (value, next) = self.read_value(i, &body[eq + 1..])?;
+                    let name = body[..eq].trim();
+                    if let Err(problem) = line::check_name(name).and(line::check_value(&value)) {
+                        return Err(error(
+                            i,
+                            ParseErrorKind::InvalidOption {
+                                section: section.to_owned(),
+                                name: name.to_owned(),
+                                problem,
+                            },
+                        ));
+                    }
                     self.options.push(UnitOption {
                         section: section.to_owned(),
-                        name: body[..eq].trim().to_owned(),
+                        name: name.to_owned(),
                         value,
                     });
                     i = next;
@@ -414,6 +521,15 @@ fn parse_header(i: usize, body: &str) -> Result<&str, ParseError> {
             },
         ));
     }
+    if let Err(problem) = line::check_section(name) {
+        return Err(error(
+            i,
+            ParseErrorKind::InvalidSection {
+                section: name.to_owned(),
+                problem,
+            },
+        ));
+    }
     Ok(name)
 }
 
@@ -427,6 +543,7 @@ fn error(index: usize, kind: ParseErrorKind) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ParseErrorKind::InvalidOption;
 
     fn opt(section: &str, name: &str, value: &str) -> UnitOption {
         UnitOption::new(section, name, value)
@@ -579,14 +696,32 @@ mod tests {
             ]
         );
         // A backslash that is not last does not continue.
+        assert_eq!(parse("[Unit]\nB=y\\z\n"), vec![opt("Unit", "B", "y\\z")]);
+        // A value ending in a backslash is refused: its canonical line would
+        // continue onto the next one. The original kept `x\` here, and `Bar \`
+        // on a last line with no newline.
+        let trailing = InvalidOption {
+            section: "Unit".into(),
+            name: "A".into(),
+            problem: OptionProblem::TrailingBackslash,
+        };
+        for text in [
+            "[Unit]\nA=x\\ \nB=y\n",
+            "[Unit]\nA=Bar \\",
+            "[Unit]\nA=x\\\t",
+        ] {
+            assert_eq!(
+                parse_err(text),
+                ParseError {
+                    line: 2,
+                    kind: trailing.clone()
+                },
+                "{text:?}"
+            );
+        }
         assert_eq!(
-            parse("[Unit]\nA=x\\ \nB=y\\z\n"),
-            vec![opt("Unit", "A", "x\\"), opt("Unit", "B", "y\\z")]
-        );
-        // A backslash on the last line, with no newline, stays.
-        assert_eq!(
-            parse("[Unit]\nDescription=Bar \\"),
-            vec![opt("Unit", "Description", "Bar \\")]
+            parse_err("[Unit]\nB=1\nA=x\\ \n").to_string(),
+            r#"line 3: option "A" in section "Unit": value ends in a backslash, which would join it to the next line"#
         );
         // A blank line ends the value; the newline before it is kept.
         assert_eq!(
@@ -620,20 +755,114 @@ mod tests {
                 opt("Service", "ExecStart", "/bin/true")
             ]
         );
-        // In CRLF files a backslash before `\r\n` does not continue.
+        // In CRLF files a backslash before `\r\n` does not continue, so the
+        // value ends in a backslash, which is refused.
+        let e = parse_err("[Unit]\r\nA=x \\\r\nB=y\r");
         assert_eq!(
-            parse("[Unit]\r\nA=x \\\r\nB=y\r"),
-            vec![opt("Unit", "A", "x \\"), opt("Unit", "B", "y")]
+            (e.line, e.kind),
+            (
+                2,
+                InvalidOption {
+                    section: "Unit".into(),
+                    name: "A".into(),
+                    problem: OptionProblem::TrailingBackslash
+                }
+            )
         );
+        // A `\r` inside a value is refused: systemd would end the line there
+        // (the original kept it).
         assert_eq!(
-            parse_err("[Unit]\r\nA=x \\\r\n  continued\r\n").kind,
-            ParseErrorKind::MissingEquals {
-                text: "continued".into()
-            }
+            parse_err("[Unit]\nA=x\ry\n").to_string(),
+            r#"line 2: option "A" in section "Unit": value contains control character '\r'"#
         );
-        // A `\r` inside a value stays.
-        assert_eq!(parse("[Unit]\nA=x\ry\n"), vec![opt("Unit", "A", "x\ry")]);
         assert_eq!(parse_err("[Unit]\nA\r=x\n").line, 2);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        assert_eq!(
+            parse_err("[Service]\nExecStart=/bin/a\0b\n").to_string(),
+            r#"line 2: option "ExecStart" in section "Service": value contains control character '\x00'"#
+        );
+        assert_eq!(
+            parse_err("[Service]\nExecStart=/bin/sh -c \\\n  a\u{1b}b\n").line,
+            2
+        );
+        assert_eq!(
+            parse_err("[A]\nk\u{7f}=v\n").to_string(),
+            r#"line 2: option "k\x7f" in section "A": option name contains control character '\x7f'"#
+        );
+        assert_eq!(
+            parse_err("\n[Ser\u{1}vice]\n").to_string(),
+            r#"line 2: section "Ser\x01vice": section name contains control character '\x01'"#
+        );
+        // Tabs are fine anywhere, and control characters in comments too.
+        assert_eq!(
+            parse("[A\tB]\n# \u{1}\nk\tj=v\tw\t\n"),
+            vec![opt("A\tB", "k\tj", "v\tw")]
+        );
+    }
+
+    #[test]
+    fn from_options_puts_options_in_normal_form() {
+        let f = UnitFile::from_options(vec![
+            opt("Service", "ExecStart", "/bin/sleep 1000 "),
+            opt("Service", " ExecStop\t", " /bin/kill \\\n  -9  "),
+            opt(" Odd ", "A", "x \\\n \t"),
+        ]);
+        let normal = vec![
+            opt("Service", "ExecStart", "/bin/sleep 1000"),
+            opt("Service", "ExecStop", "/bin/kill \\\n  -9"),
+            opt(" Odd ", "A", "x \\\n"),
+        ];
+        assert_eq!(f.options(), normal.as_slice());
+        assert_eq!(UnitFile::parse(&f.canonical()).unwrap().options(), normal);
+        // Deserializing normalizes too.
+        let json = r#"[{"section":"Service","name":"ExecStart","value":" /bin/true "}]"#;
+        assert_eq!(
+            serde_json::from_str::<UnitFile>(json).unwrap().options()[0].value,
+            "/bin/true"
+        );
+        // The hash is the original's for the unit as its agents read it:
+        // `printf '[Service]\nExecStart=/bin/sleep 1000\n' | sha1sum`.
+        assert_eq!(
+            UnitFile::from_options(vec![opt("Service", "ExecStart", "/bin/sleep 1000 ")])
+                .hash()
+                .to_string(),
+            "2d432f4a06608c1a8b2848b66c836793a1d48ce6"
+        );
+    }
+
+    #[test]
+    fn option_checks_name_the_problem() {
+        let check = |s: &str, n: &str, v: &str| opt(s, n, v).check();
+        assert_eq!(check("Service", "ExecStart", " /bin/true "), Ok(()));
+        assert_eq!(check("Service", "ExecStart", "a \\\n b"), Ok(()));
+        assert_eq!(
+            check("Service", "ExecStart", "/bin/a\n/bin/b"),
+            Err(OptionProblem::BareNewline)
+        );
+        assert_eq!(
+            check("Service", "ExecStart", "/bin/a \\ "),
+            Err(OptionProblem::TrailingBackslash)
+        );
+        assert_eq!(
+            check("Service", "#ExecStart", "x"),
+            Err(OptionProblem::NameStart { character: '#' })
+        );
+        assert_eq!(
+            check("Service", "A=B", "x"),
+            Err(OptionProblem::EqualsInName)
+        );
+        assert_eq!(
+            check("Ser]vice", "A", "x"),
+            Err(OptionProblem::BracketInSection)
+        );
+        assert_eq!(
+            check("Service", "A", &"x".repeat(LINE_MAX - 2)),
+            Err(OptionProblem::LineTooLong)
+        );
+        assert_eq!(check("Service", "A", &"x".repeat(LINE_MAX - 3)), Ok(()));
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!
 //! * `file`: [`UnitOption`], [`UnitFile`] (parse, canonical text, hash,
 //!   lookups) and [`ParseError`].
+//! * `line`: the normal form of names and values, and [`OptionProblem`],
+//!   why an option cannot be written as unit-file lines that read back the
+//!   same (so that no stored unit hashes differently once on disk).
 //! * `hash`: [`UnitHash`], the SHA-1 content address, with its hex and
 //!   array ([`hash_array`]) serde forms.
 //! * `name`: [`UnitName`] validation, templates and instances,
@@ -41,6 +44,7 @@
 mod file;
 mod glob;
 mod hash;
+mod line;
 mod name;
 mod quote;
 mod xfleet;
@@ -48,6 +52,7 @@ mod xfleet;
 pub use file::{LINE_MAX, ParseError, ParseErrorKind, UnitFile, UnitOption};
 pub use glob::glob_match;
 pub use hash::{HashError, UnitHash, array as hash_array};
+pub use line::{OptionProblem, Part};
 pub use name::{NameError, UNIT_NAME_MAX, UnitName, is_agent_suffix, mangle_name};
 pub use xfleet::{Requirements, RequirementsError, X_FLEET_SECTION, validate_options};
 

@@ -1,8 +1,10 @@
-//! Property tests: canonical text is a fixed point of parsing.
+//! Property tests: canonical text is a fixed point of parsing, and the
+//! options the API accepts are exactly those whose canonical text reads back
+//! to them (so no stored unit hashes differently once written to disk).
 
 use proptest::prelude::*;
 
-use crate::{UnitFile, UnitOption};
+use crate::{RequirementsError, UnitFile, UnitName, UnitOption, validate_options};
 
 /// Section names as they can come out of the parser: no `]`, no newline,
 /// not empty of meaning but possibly odd.
@@ -80,6 +82,91 @@ fn unit_text() -> impl Strategy<Value = String> {
         })
 }
 
+/// Pieces of option text that unit-file syntax allows: whitespace of every
+/// kind, backslashes and continuations, the characters the syntax gives
+/// meaning to, and ordinary text.
+fn fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "[A-Za-z0-9/ .-]{1,8}",
+        3 => Just(" ".to_owned()),
+        1 => Just("\t".to_owned()),
+        1 => Just("\u{a0}".to_owned()),
+        1 => Just("\u{3000}".to_owned()),
+        2 => Just("\\".to_owned()),
+        4 => Just("\\\n".to_owned()),
+        1 => prop_oneof![Just("#"), Just(";"), Just("["), Just("]"), Just("="), Just("\"")]
+            .prop_map(str::to_owned),
+        1 => Just("é☃".to_owned()),
+    ]
+}
+
+/// Pieces that are not allowed, or only at the ends of a value: bare line
+/// breaks, carriage returns, control characters, Unicode line separators.
+fn hostile_fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => Just("\n".to_owned()),
+        1 => Just("\r".to_owned()),
+        1 => Just("\r\n".to_owned()),
+        1 => Just("\0".to_owned()),
+        1 => Just("\u{1b}".to_owned()),
+        1 => Just("\u{7f}".to_owned()),
+        1 => Just("\u{85}".to_owned()),
+        1 => Just("\u{2028}".to_owned()),
+        1 => Just("\u{b}".to_owned()),
+    ]
+}
+
+/// Text made of up to `max` pieces, mostly allowed ones.
+fn hostile(max: usize) -> impl Strategy<Value = String> {
+    let piece = prop_oneof![12 => fragment(), 1 => hostile_fragment()];
+    prop::collection::vec(piece, 0..max).prop_map(|parts| parts.concat())
+}
+
+/// Options as an API client may send them.
+fn sent_option() -> impl Strategy<Value = UnitOption> {
+    let section = prop_oneof![3 => Just("Service".to_owned()), 1 => hostile(3)];
+    let name = prop_oneof![3 => Just("ExecStart".to_owned()), 1 => hostile(3)];
+    let value = prop_oneof![
+        8 => hostile(8),
+        // Near the line length limit.
+        1 => (2030usize..2050).prop_map(|n| format!("/bin/{}", "x".repeat(n))),
+    ];
+    (section, name, value).prop_map(|(s, n, v)| UnitOption::new(s, n, v))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The API's check, [`validate_options`], accepts a set of options
+    /// exactly when the canonical text of the stored (normal-form) options
+    /// reads back to those options; when it does, what an agent writes,
+    /// parses and hashes has the stored hash. No value that could restart a
+    /// unit on every agent pass is accepted, and none is refused that would
+    /// have been fine.
+    #[test]
+    fn accepted_exactly_when_canonical_text_reads_back(sent in prop::collection::vec(sent_option(), 1..5)) {
+        let name: UnitName = "values.service".parse().unwrap();
+        let stored = UnitFile::from_options(sent);
+        let text = stored.canonical();
+        let back = UnitFile::parse(&text);
+        let reads_back = back.as_ref().is_ok_and(|b| b.options() == stored.regrouped().as_slice());
+        match validate_options(&name, &stored) {
+            Ok(_) => {
+                prop_assert!(reads_back, "accepted {:?} but {:?} reads back as {:?}", stored, text, back);
+                let back = back.unwrap();
+                prop_assert_eq!(back.hash(), stored.hash());
+                prop_assert_eq!(back.canonical(), text);
+            }
+            Err(RequirementsError::InvalidOption { unit, section, option, .. }) => {
+                prop_assert_eq!(unit, "values.service");
+                prop_assert!(stored.options().iter().any(|o| o.section == section && o.name == option));
+                prop_assert!(!reads_back, "refused {:?}, yet {:?} reads back the same", stored, text);
+            }
+            Err(e) => prop_assert!(false, "{:?}: unexpected refusal {}", stored, e),
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn canonical_text_parses_back_to_the_same_options(opts in prop::collection::vec(option(), 0..12)) {
@@ -95,12 +182,12 @@ proptest! {
 
     #[test]
     fn parsed_text_is_canonical_after_one_round(text in unit_text()) {
-        // Values ending in a backslash cannot round-trip in the original
-        // format either: the written backslash continues onto the next line.
         if let Ok(first) = UnitFile::parse(&text) {
-            if first.options().iter().any(|o| o.value.ends_with('\\')) {
-                return Ok(());
+            // What parses is accepted by the API as it is.
+            for opt in first.options() {
+                prop_assert_eq!(opt.check(), Ok(()), "{:?} from {:?}", opt, text);
             }
+            prop_assert_eq!(UnitFile::from_options(first.options().to_vec()), first.clone());
             let canonical = first.canonical();
             let second = UnitFile::parse(&canonical).map_err(|e| TestCaseError::fail(format!("{e} in {canonical:?}")))?;
             prop_assert_eq!(second.canonical(), canonical.clone());

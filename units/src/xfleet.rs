@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::file::{ParseError, UnitFile};
 use crate::glob::glob_match;
+use crate::line::OptionProblem;
 use crate::name::UnitName;
 use crate::quote::go_quote;
 
@@ -100,8 +101,28 @@ pub struct Requirements {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequirementsError {
-    /// The canonical text of the options does not parse back (a line of 2048
-    /// bytes or more, a name with a newline, ...).
+    /// An option cannot be written as unit-file lines that read back the
+    /// same (see [`OptionProblem`]).
+    #[error("unit {}: option {} in section {}: {problem}", go_quote(.unit), go_quote(.option), go_quote(.section))]
+    InvalidOption {
+        /// The unit's name.
+        unit: String,
+        /// The option's section.
+        section: String,
+        /// The option's name.
+        option: String,
+        /// What is wrong with it.
+        problem: OptionProblem,
+    },
+    /// The canonical text of the options does not parse back to the same
+    /// options. [`UnitOption::check`](crate::UnitOption::check) refuses every
+    /// option that would cause this; the check stays as a safety net.
+    #[error("unit {}: the options do not read back the same from unit-file text", go_quote(.unit))]
+    NotRoundTrip {
+        /// The unit's name.
+        unit: String,
+    },
+    /// The canonical text of the options does not parse back.
     #[error(transparent)]
     Unparsable(#[from] ParseError),
     /// A `MachineOf` peer matches a `Conflicts` glob.
@@ -303,14 +324,30 @@ impl Requirements {
 }
 
 /// Checks a unit's options as fleet's API does before creating a unit (and
-/// fleetctl before submitting): the canonical text must parse back, and the
-/// `[X-Fleet]` options must pass [`Requirements::validate`]. The error's
-/// `Display` is the 400 message.
+/// fleetctl before submitting): every option must pass
+/// [`UnitOption::check`](crate::UnitOption::check), the canonical text must
+/// parse back to the same options (so what an agent writes hashes as what
+/// was stored), and the `[X-Fleet]` options must pass
+/// [`Requirements::validate`]. The error's `Display` is the 400 message.
 pub fn validate_options(
     name: &UnitName,
     file: &UnitFile,
 ) -> Result<Requirements, RequirementsError> {
-    UnitFile::parse(&file.canonical())?;
+    for opt in file.options() {
+        opt.check()
+            .map_err(|problem| RequirementsError::InvalidOption {
+                unit: name.to_string(),
+                section: opt.section.clone(),
+                option: opt.name.clone(),
+                problem,
+            })?;
+    }
+    let back = UnitFile::parse(&file.canonical())?;
+    if back.options() != file.regrouped().as_slice() {
+        return Err(RequirementsError::NotRoundTrip {
+            unit: name.to_string(),
+        });
+    }
     Requirements::from_unit(name, file)
 }
 
@@ -847,17 +884,46 @@ mod tests {
         let err = validate_options(&name("a.service"), &too_long).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "line 2: line too long (2048 bytes or more)"
+            r#"unit "a.service": option "ExecStart" in section "Service": line too long (2048 bytes or more)"#
         );
-        assert!(matches!(err, RequirementsError::Unparsable(_)));
         let broken =
             UnitFile::from_options(vec![crate::UnitOption::new("Service", "Exec\nStart", "x")]);
-        assert!(matches!(
-            validate_options(&name("a.service"), &broken),
-            Err(RequirementsError::Unparsable(_))
-        ));
-        // Without the re-parse check, from_unit accepts it.
+        assert_eq!(
+            validate_options(&name("a.service"), &broken)
+                .unwrap_err()
+                .to_string(),
+            r#"unit "a.service": option "Exec\nStart" in section "Service": option name contains control character '\n'"#
+        );
+        // A line break that does not continue the value would let it add
+        // options (here an [Install] section) the unit does not have.
+        let sneaky = UnitFile::from_options(vec![crate::UnitOption::new(
+            "Service",
+            "ExecStart",
+            "/bin/true\n[Install]\nWantedBy=multi-user.target",
+        )]);
+        assert_eq!(
+            validate_options(&name("a.service"), &sneaky),
+            Err(RequirementsError::InvalidOption {
+                unit: "a.service".into(),
+                section: "Service".into(),
+                option: "ExecStart".into(),
+                problem: OptionProblem::BareNewline,
+            })
+        );
+        // Without the checks, from_unit accepts them.
         assert!(Requirements::from_unit(&name("a.service"), &too_long).is_ok());
+        assert!(Requirements::from_unit(&name("a.service"), &sneaky).is_ok());
+        // Values trimmed into normal form are fine, and so are their
+        // X-Fleet values.
+        let spaced = UnitFile::from_options(vec![
+            crate::UnitOption::new("Service", "ExecStart", "/bin/sleep 1 "),
+            crate::UnitOption::new("X-Fleet", "Global", " true "),
+        ]);
+        assert!(
+            validate_options(&name("a.service"), &spaced)
+                .unwrap()
+                .global
+        );
     }
 
     /// A value making its `ExecStart=` line exactly 2048 bytes long.
