@@ -311,9 +311,10 @@ pub struct ErrorDetail {
 
 /// A unit as stored at `units/<name>`: its content and desired state.
 ///
-/// The options are stored (not the canonical text) so that any value a client
-/// sent, including one with a bare newline, round-trips exactly; the hash is
-/// always derived from them.
+/// The options are stored (not the canonical text), in the parser's normal
+/// form (`units::UnitFile::from_options` gives it, and the API refuses what
+/// has none), so that the unit file an agent writes from them reads back to
+/// exactly these options; the hash is always derived from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitRecord {
     /// The unit name.

@@ -82,6 +82,7 @@ api_contract!(
     create_get_update_delete,
     put_replaces_content_and_defaults_to_inactive,
     put_refusals_change_nothing,
+    put_values_are_stored_in_normal_form_or_refused,
     unknown_fields_are_refused,
     current_state_follows_schedule_and_agent,
     unit_states_filters_and_lookup,
@@ -861,6 +862,136 @@ async fn put_refusals_change_nothing<K: Kv>(kv: K) {
     s.shutdown().await;
 }
 
+/// The body of a PUT creating a unit with these `(section, name, value)`
+/// options.
+fn options_body(options: &[(&str, &str, &str)]) -> String {
+    let options: Vec<_> = options
+        .iter()
+        .map(|(section, name, value)| {
+            serde_json::json!({"section": section, "name": name, "value": value})
+        })
+        .collect();
+    serde_json::json!({ "options": options }).to_string()
+}
+
+async fn put_values_are_stored_in_normal_form_or_refused<K: Kv>(kv: K) {
+    let s = Server::start(kv).await;
+    let u = "/fleet/v1/units/spaced.service";
+    // Values a unit file cannot give verbatim are stored as the parser reads
+    // them back from the canonical text, so that the agent's copy hashes the
+    // same: trimmed, continuations kept.
+    s.put(
+        u,
+        &options_body(&[
+            ("Service", "ExecStart", "/bin/sleep 1000 "),
+            ("Service", " ExecStop ", "\t/bin/kill \\\n  -9 \\\n   "),
+            ("Unit", "Description", "\u{a0}spaced\r"),
+        ]),
+    )
+    .await
+    .expect(201, "");
+    let stored = r#"[{"name":"ExecStart","section":"Service","value":"/bin/sleep 1000"},{"name":"ExecStop","section":"Service","value":"/bin/kill \\\n  -9 \\\n"},{"name":"Description","section":"Unit","value":"spaced"}]"#;
+    s.get(u).await.expect_json(
+        200,
+        &format!(
+            r#"{{"currentState":"inactive","desiredState":"inactive","name":"spaced.service","options":{stored}}}"#
+        ),
+    );
+    let record = s
+        .registry
+        .unit(&"spaced.service".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let on_disk = units::UnitFile::parse(&record.file().canonical()).unwrap();
+    assert_eq!(on_disk.hash(), record.hash());
+    // The same content with other whitespace is the same unit.
+    s.put(
+        u,
+        &options_body(&[
+            ("Service", "ExecStart", " /bin/sleep 1000"),
+            ("Service", "ExecStop", "/bin/kill \\\n  -9 \\\n"),
+            ("Unit", "Description", "spaced"),
+        ]),
+    )
+    .await
+    .expect_error(409, "must provide DesiredState to update existing unit");
+
+    // What cannot be written as unit-file lines is refused, on create and on
+    // replace, naming unit, section and option, and changes nothing.
+    let before = (s.stored().await, s.get("/fleet/v1/units").await.body);
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "Service",
+            "ExecStart",
+            "/bin/true\n[Install]\nWantedBy=multi-user.target",
+            "value contains a line break not preceded by a backslash",
+        ),
+        (
+            "Service",
+            "ExecStart",
+            "/bin/true\n",
+            "value contains a line break not preceded by a backslash",
+        ),
+        (
+            "Service",
+            "ExecStart",
+            "/bin/sleep\u{0}1",
+            r"value contains control character '\x00'",
+        ),
+        (
+            "Service",
+            "ExecStart",
+            "/bin/a\rb",
+            r"value contains control character '\r'",
+        ),
+        (
+            "Service",
+            "ExecStart",
+            "/bin/sh -c \\ ",
+            "value ends in a backslash, which would join it to the next line",
+        ),
+        (
+            "Service",
+            "#ExecStart",
+            "/bin/true",
+            "option name starts with '#', so the line would not read as an option",
+        ),
+        (
+            "Service",
+            "Exec=Start",
+            "/bin/true",
+            r#"option name contains "=""#,
+        ),
+        (
+            "Ser]vice",
+            "ExecStart",
+            "/bin/true",
+            r#"section name contains "]""#,
+        ),
+    ];
+    for (section, name, value, problem) in cases {
+        let body = options_body(&[(section, name, value)]);
+        for unit in ["spaced.service", "new.service"] {
+            let message = format!(
+                "unit {}: option {} in section {}: {problem}",
+                serde_json::to_string(unit).unwrap(),
+                serde_json::to_string(name).unwrap(),
+                serde_json::to_string(section).unwrap(),
+            );
+            s.put(&format!("/fleet/v1/units/{unit}"), &body)
+                .await
+                .expect_error(400, &message);
+        }
+    }
+    assert_eq!(
+        (s.stored().await, s.get("/fleet/v1/units").await.body),
+        before
+    );
+    s.shutdown().await;
+}
+
 async fn current_state_follows_schedule_and_agent<K: Kv>(kv: K) {
     let s = Server::start(kv).await;
     let lease = s.machine(MACHINE_A, "10.0.0.1", &[]).await;
@@ -1293,4 +1424,101 @@ async fn percent_encoded_unit_names<K: Kv>(kv: K) {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains(r#""name":"web@1.service""#), "{r:?}");
     s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Option values, as a property (in memory only: it sends hundreds of units)
+// ---------------------------------------------------------------------------
+
+/// Over the API, a unit is created exactly when [`units::validate_options`]
+/// accepts its options, and refused with that check's message otherwise,
+/// storing nothing. What is created is stored in normal form: the unit file
+/// an agent writes from it parses back to the same options and the stored
+/// hash, so no accepted value can make the agent restart the unit.
+mod values_property {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use units::{UnitFile, UnitName, UnitOption};
+
+    use super::{MemKv, Server, options_body};
+
+    /// Values mixing whitespace, line breaks with and without backslashes,
+    /// control characters and the characters unit files give meaning to.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => r"[ \t\n\r\\a-z/#;=\[\]\x00\x1b\xa0]{0,12}",
+            2 => r"[ \t]{0,2}([a-z/ ]{0,5}\\\n){0,3}[a-z \t]{0,5}[\\ ]{0,2}",
+            1 => Just("/bin/sleep 1000 ".to_owned()),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => Just("ExecStart".to_owned()),
+            1 => r"[ a-z#;=\[\t\n]{0,6}",
+        ]
+    }
+
+    #[test]
+    fn api_accepts_exactly_the_values_that_read_back() {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let s = rt.block_on(Server::start(MemKv::new()));
+        let mut runner = TestRunner::new(Config::with_cases(300));
+        let result = runner.run(&(name(), value()), |(name, value)| {
+            rt.block_on(async {
+                let unit = format!("v{}.service", N.fetch_add(1, Ordering::Relaxed));
+                let unit_name: UnitName = unit.parse().unwrap();
+                let sent = vec![UnitOption::new("Service", name.as_str(), value.as_str())];
+                let verdict = units::validate_options(&unit_name, &UnitFile::from_options(sent));
+                let r = s
+                    .put(
+                        &format!("/fleet/v1/units/{unit}"),
+                        &options_body(&[("Service", &name, &value)]),
+                    )
+                    .await;
+                let record = s.registry.unit(&unit_name).await.unwrap();
+                match verdict {
+                    Ok(_) => {
+                        prop_assert_eq!(r.status, 201, "{:?} {:?}: {:?}", name, value, r);
+                        let record = record.expect("a created unit is stored").value;
+                        let got: serde_json::Value = serde_json::from_str(
+                            &s.get(&format!("/fleet/v1/units/{unit}")).await.body,
+                        )
+                        .unwrap();
+                        let got: Vec<UnitOption> =
+                            serde_json::from_value(got["options"].clone()).unwrap();
+                        prop_assert_eq!(&got, &record.options, "GET returns what is stored");
+                        let on_disk = UnitFile::parse(&record.file().canonical())
+                            .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                        prop_assert_eq!(on_disk.options(), record.options.as_slice());
+                        prop_assert_eq!(on_disk.hash(), record.hash());
+                    }
+                    Err(e) => {
+                        let message =
+                            serde_json::json!({"error": {"code": 400, "message": e.to_string()}});
+                        prop_assert_eq!(r.status, 400, "{:?} {:?}: {:?}", name, value, r);
+                        prop_assert_eq!(r.body, message.to_string());
+                        prop_assert!(
+                            e.to_string()
+                                .starts_with(&format!("unit \"{unit}\": option ")),
+                            "{}",
+                            e
+                        );
+                        prop_assert!(record.is_none(), "a refused unit is not stored");
+                    }
+                }
+                Ok(())
+            })
+        });
+        rt.block_on(s.shutdown());
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
 }
