@@ -11,7 +11,10 @@
 //!   `foo@.service` from the registry, or failing that from the file next to
 //!   the argument (`<dir of arg>/foo@.service`). The instance gets the
 //!   template's options unchanged, hence the same hash.
-//! - Errors reading a file name the file, and parse errors give the line.
+//! - Errors reading a file name the file, and parse errors give the line
+//!   (and, for a value that could not be written back as the same unit-file
+//!   line, such as one with a control character or ending in a backslash,
+//!   the section and option).
 
 use std::fs;
 use std::io;
@@ -353,6 +356,54 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unwritable_values_name_file_line_and_option() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, line, problem) in [
+            (
+                "[Service]\nExecStart=/bin/sleep\u{0}1\n",
+                2,
+                r"value contains control character '\x00'",
+            ),
+            (
+                "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/a\rb\n",
+                4,
+                r"value contains control character '\r'",
+            ),
+            (
+                "[Service]\nExecStart=/bin/sh -c \\ \n  true\n",
+                2,
+                "value ends in a backslash, which would join it to the next line",
+            ),
+        ] {
+            let path = dir.path().join("bad.service");
+            fs::write(&path, text).unwrap();
+            let (mut ui, _, _) = capture();
+            let arg = path.to_str().unwrap().to_owned();
+            let err =
+                block_on(unit_file_for(&Registry::default(), &arg, false, &mut ui)).unwrap_err();
+            assert_eq!(
+                format!("{err:#}"),
+                format!(
+                    r#"failed getting Unit({arg}) from file: line {line}: option "ExecStart" in section "Service": {problem}"#
+                ),
+                "{text:?}"
+            );
+        }
+        // Whitespace around values is trimmed, as the API stores it.
+        let path = dir.path().join("spaced.service");
+        fs::write(&path, "[Service]\nExecStart= /bin/sleep 1000 \n").unwrap();
+        let (mut ui, _, _) = capture();
+        let file = block_on(unit_file_for(
+            &Registry::default(),
+            path.to_str().unwrap(),
+            false,
+            &mut ui,
+        ))
+        .unwrap();
+        assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/sleep 1000\n");
     }
 
     #[test]
