@@ -728,7 +728,7 @@ impl Config {
                     }));
                 }
                 Opt::AgentTtl => {
-                    c.agent_ttl = parse_duration_in(v, AGENT_TTL_RANGE).map_err(bad)?
+                    c.agent_ttl = parse_duration_in(v, AGENT_TTL_RANGE).map_err(bad)?;
                 }
                 Opt::EngineReconcileInterval => {
                     c.engine_reconcile_interval =
@@ -900,7 +900,7 @@ fn go_duration(d: Duration) -> String {
         ("ms", 1_000_000),
         ("us", 1_000),
     ] {
-        if nanos != 0 && nanos % per == 0 {
+        if nanos != 0 && nanos.is_multiple_of(per) {
             return format!("{}{unit}", nanos / per);
         }
     }
