@@ -7,6 +7,12 @@
 //! - fleetctl refuses an agent channel that an SSH server opens without
 //!   `--forward-agent` (a hostile server made with russh: OpenSSH's sshd
 //!   never opens one unasked);
+//! - fleetd started from the shipped units runs with the shipped
+//!   `LimitNOFILE`, and a flood of its TCP API socket far beyond the
+//!   connection limit costs it at most the limit in descriptors: fleetctl
+//!   over the unix socket inside the machine is answered meanwhile, the
+//!   machine stays registered, and once the flood is gone fleetctl over TCP
+//!   is answered again;
 //! - a host key of another algorithm than the one in known_hosts is a
 //!   changed key (OpenSSH's sshd on a loopback port, offering only an RSA or
 //!   ECDSA key while an ed25519 key is recorded), and known_hosts is left as
@@ -17,8 +23,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use testbed::cluster::built_binary;
+use anyhow::{Context, bail};
+use testbed::cluster::{API_PORT, Cluster, ClusterOptions, built_binary, check};
 use testbed::ssh::{KeyPair, LocalSshd, SshAgent};
 use tokio::sync::mpsc;
 
@@ -353,5 +359,88 @@ async fn a_host_key_of_another_algorithm_is_a_mismatch() -> anyhow::Result<()> {
     assert!(!r.stderr.contains("mismatch"), "{r:?}");
     assert!(!r.stderr.contains("authenticity"), "{r:?}");
     assert_eq!(std::fs::read_to_string(&known_hosts)?, text);
+    Ok(())
+}
+
+/// The shipped `LimitNOFILE=` of fleet.service.
+const SHIPPED_NOFILE: u64 = 8192;
+
+/// fleetd's connection limit per listener (`api::MAX_CONNECTIONS`).
+const CONNECTION_LIMIT: usize = fleetd::api::MAX_CONNECTIONS;
+
+/// Connections of the flood: well beyond the limit.
+const FLOOD: usize = CONNECTION_LIMIT + 500;
+
+/// Runs `script` with `sh -c` in member 0, failing on a non-zero exit.
+async fn sh(cluster: &Cluster, script: &str) -> anyhow::Result<String> {
+    let out = cluster.members[0]
+        .machine
+        .exec(&["sh", "-c", script])
+        .await?;
+    check(&out, script)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_costs_fleetd_at_most_the_limit() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let pid = sh(&cluster, "systemctl show -p MainPID --value fleet.service").await?;
+    let limits = sh(&cluster, &format!("cat /proc/{pid}/limits")).await?;
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(nofile, Some(SHIPPED_NOFILE), "fleetd's limits:\n{limits}");
+    let fds = async || -> anyhow::Result<usize> {
+        Ok(sh(&cluster, &format!("ls /proc/{pid}/fd | wc -l"))
+            .await?
+            .parse()?)
+    };
+    let before = fds().await?;
+
+    let addr = format!("{}:{API_PORT}", cluster.members[0].ip());
+    let mut flood = Vec::with_capacity(FLOOD);
+    for i in 0..FLOOD {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(stream) => flood.push(stream),
+            Err(e) => bail!("flood connection {i} to {addr}: {e}"),
+        }
+    }
+    // Let fleetd accept all it will.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = fds().await?;
+    eprintln!("fleetd descriptors: {before} before, {during} under a flood of {FLOOD} connections");
+    assert!(
+        during <= before + CONNECTION_LIMIT,
+        "fleetd holds {during} descriptors under a flood of {FLOOD} connections (before: {before}, limit {CONNECTION_LIMIT})"
+    );
+
+    // The unix socket has its own limit: fleetctl inside the machine is
+    // answered, and the machine is still registered.
+    let out = cluster.members[0]
+        .machine
+        .exec(&["/opt/fleet/fleetctl", "list-machines", "--no-legend"])
+        .await?;
+    if let Err(e) = check(
+        &out,
+        "fleetctl list-machines over the unix socket during the flood",
+    ) {
+        bail!("{e:#}\njournal:\n{}", cluster.fleet_journal(0).await);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{out:?}"
+    );
+
+    drop(flood);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster.fleetctl(&["list-machines", "--no-legend"]),
+    )
+    .await
+    .context("fleetctl over TCP after the flood within 60 s")??;
+    check(&out, "fleetctl list-machines over TCP after the flood")?;
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! - one accept loop per listener, one task per connection, all on one
 //!   [`TaskTracker`];
 //! - a semaphore per listener caps its open connections
-//!   ([`ServeOptions::max_connections`], [`MAX_CONNECTIONS`] by default).
+//!   ([`ServeOptions::max_connections`], [`MAX_CONNECTIONS`] by default,
+//!   lowered at start if the open-files limit could not hold every listener
+//!   at its cap plus the descriptors etcd, D-Bus and unit files need).
 //!   At the cap the loop stops accepting: further connections wait in the
 //!   kernel's backlog, holding no descriptor of ours, and are accepted as
 //!   served ones close (beyond the backlog the kernel refuses them). They
@@ -108,6 +110,11 @@ impl Default for ServeOptions {
         }
     }
 }
+
+/// Descriptors left out of the connections' budget when the open-files
+/// limit is low (see [`connection_cap`]): etcd and D-Bus connections, the
+/// journal, unit files being written, the runtime's own.
+const RESERVED_FDS: u64 = 256;
 
 /// First and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
@@ -283,6 +290,15 @@ pub async fn serve_with(
     opts: ServeOptions,
 ) -> io::Result<()> {
     let drain = opts.drain_deadline;
+    let soft_limit = open_files_soft_limit();
+    let max_connections = connection_cap(opts.max_connections, listeners.len(), soft_limit);
+    if max_connections < opts.max_connections {
+        tracing::warn!(
+            open_files_limit = soft_limit,
+            max_connections,
+            "the open-files limit is low: fewer connections per listener, so that they cannot use up fleetd's descriptors (raise LimitNOFILE)"
+        );
+    }
     let router = router.layer(middleware::from_fn_with_state(
         opts.body_read_timeout,
         body_deadline,
@@ -296,7 +312,7 @@ pub async fn serve_with(
     let tracker = TaskTracker::new();
 
     for listener in listeners {
-        tracing::info!(listener = %listener.describe(), max_connections = opts.max_connections, "serving the fleet API");
+        tracing::info!(listener = %listener.describe(), max_connections, "serving the fleet API");
         tracker.spawn(accept_loop(
             listener,
             Conn {
@@ -306,7 +322,7 @@ pub async fn serve_with(
                 abort: abort.clone(),
             },
             tracker.clone(),
-            Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            Arc::new(Semaphore::new(max_connections)),
         ));
     }
 
@@ -319,6 +335,34 @@ pub async fn serve_with(
         tracker.wait().await;
     }
     Ok(())
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (`None` if unlimited or
+/// unreadable), from `/proc/self/limits`: the workspace has no unsafe code
+/// for `getrlimit`.
+fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Connections per listener: `configured`, lowered so that `listeners`
+/// listeners at their cap still leave [`RESERVED_FDS`] descriptors under
+/// the open-files limit, so a flood never takes the descriptors etcd, D-Bus
+/// and unit files need. At least 1.
+fn connection_cap(configured: usize, listeners: usize, soft_limit: Option<u64>) -> usize {
+    let Some(limit) = soft_limit else {
+        return configured.max(1);
+    };
+    let n = u64::try_from(listeners.max(1)).unwrap_or(u64::MAX);
+    let budget = limit.saturating_sub(RESERVED_FDS.saturating_add(n)) / n;
+    configured
+        .min(usize::try_from(budget).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// What serving one connection needs.
@@ -492,6 +536,20 @@ impl HttpBody for DeadlineBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_fit_under_the_open_files_limit() {
+        // systemd's default soft limit: one listener gets what is left.
+        assert_eq!(connection_cap(1024, 1, Some(1024)), 1024 - 256 - 1);
+        assert_eq!(connection_cap(1024, 2, Some(1024)), (1024 - 256 - 2) / 2);
+        // The shipped LimitNOFILE=8192: the cap stands, up to 7 listeners.
+        assert_eq!(connection_cap(1024, 2, Some(8192)), 1024);
+        assert_eq!(connection_cap(1024, 7, Some(8192)), 1024);
+        assert_eq!(connection_cap(1024, 1, None), 1024);
+        assert_eq!(connection_cap(1024, 1, Some(10)), 1);
+        assert_eq!(connection_cap(0, 1, None), 1);
+        assert!(open_files_soft_limit().is_some_and(|n| n > 0));
+    }
 
     #[tokio::test]
     async fn inherited_descriptors_are_typed_by_address_family() {
