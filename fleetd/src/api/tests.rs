@@ -521,13 +521,14 @@ async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> 
 
 /// Writes `first`, then `drip` every 100 ms until the write fails;
 /// returns the read half's view: what the server sent before closing, and
-/// how long after the first write it closed.
+/// how long after connecting it closed.
 async fn slowloris(addr: &Addr, first: &str, drip: &'static str) -> (String, Duration) {
     use tokio::io::AsyncWriteExt as _;
+    // Before the connection: the server's timers start later.
+    let started = std::time::Instant::now();
     let stream = addr.connect().await;
     let (mut rd, mut wr) = tokio::io::split(stream);
     wr.write_all(first.as_bytes()).await.expect("first bytes");
-    let started = std::time::Instant::now();
     let dripping = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -617,8 +618,8 @@ async fn idle_connections_are_closed_after_the_header_timeout() {
     let s = LimitedServer::start(short_limits()).await;
     for addr in [&s.unix, &s.tcp] {
         // Idle from the start: nothing sent.
-        let mut silent = addr.connect().await;
         let started = std::time::Instant::now();
+        let mut silent = addr.connect().await;
         let got = tokio::time::timeout(SOON, read_until_closed(&mut silent))
             .await
             .unwrap_or_else(|_| panic!("a silent connection on {addr:?} is closed"));
@@ -635,16 +636,17 @@ async fn idle_connections_are_closed_after_the_header_timeout() {
             .header(HOST, "x")
             .body(Full::new(Bytes::new()))
             .expect("a request");
+        // Before the request: the server's idle timer starts after it.
+        let asked = std::time::Instant::now();
         let res = sender.send_request(req).await.expect("an answer");
         assert_eq!(res.status(), 200);
         res.into_body().collect().await.expect("the body");
-        let answered = std::time::Instant::now();
         tokio::time::timeout(SOON, conn)
             .await
             .unwrap_or_else(|_| panic!("an idle keep-alive connection on {addr:?} is closed"))
             .expect("the connection task")
             .expect("a clean close");
-        assert!(answered.elapsed() >= s.opts.header_read_timeout);
+        assert!(asked.elapsed() >= s.opts.header_read_timeout);
         normal_get(addr).await;
     }
     s.shutdown().await;
