@@ -7,7 +7,16 @@
 //!   (`~/.fleetctl/known_hosts` by default). An unknown host is asked about
 //!   on stderr (`yes`/`y` on stdin records it); a changed key prints
 //!   OpenSSH's "REMOTE HOST IDENTIFICATION HAS CHANGED" banner and fails.
-//!   `--strict-host-key-checking=false` skips the check.
+//!   A host is known as soon as the file has a key of any algorithm for it:
+//!   the handshake then asks for the recorded algorithms first (as OpenSSH
+//!   does), and a server that offers a key of another algorithm only is a
+//!   changed key too, never a first contact that would be trusted and
+//!   recorded beside the old key. `--strict-host-key-checking=false` skips
+//!   the check.
+//! - A server may open an agent channel (`auth-agent@openssh.com`) only
+//!   when fleetctl was asked to forward the agent (`--forward-agent`);
+//!   otherwise it is refused, so a hostile or compromised host cannot use
+//!   the local agent's keys.
 //! - A [`Session`] to a machine behind the bastion is a second SSH handshake
 //!   over a `direct-tcpip` channel of the bastion's session
 //!   ([`Session::connect_via`]).
@@ -93,6 +102,54 @@ struct Client {
     port: u16,
     /// The known-hosts file, or `None` to accept any key.
     known_hosts: Option<PathBuf>,
+    /// `--forward-agent`: only then may the server open agent channels.
+    forward_agent: bool,
+}
+
+/// The keys recorded for `host:port` in `file` (none if the file does not
+/// exist), with their lines.
+fn recorded_keys(file: &Path, host: &str, port: u16) -> Result<Vec<(usize, PublicKey)>, SshError> {
+    if !file.exists() {
+        return Ok(Vec::new());
+    }
+    russh::keys::known_hosts::known_host_keys_path(host, port, file).map_err(|source| {
+        SshError::KnownHosts {
+            file: file.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// Whether a host-key algorithm of the negotiation signs with a key like
+/// `key` (all RSA signature hashes use the same RSA key).
+fn same_key_type(algorithm: &russh::keys::Algorithm, key: &PublicKey) -> bool {
+    match algorithm {
+        russh::keys::Algorithm::Rsa { .. } => key.algorithm().is_rsa(),
+        other => *other == key.algorithm(),
+    }
+}
+
+/// The host-key algorithms to offer: those of the recorded keys first, so a
+/// server holding several host keys proves the one we know (OpenSSH orders
+/// them the same way).
+fn preferred_host_key_algorithms(recorded: &[(usize, PublicKey)]) -> Vec<russh::keys::Algorithm> {
+    let all = russh::Preferred::default().key.into_owned();
+    let (mut known, others): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|a| recorded.iter().any(|(_, k)| same_key_type(a, k)));
+    known.extend(others);
+    known
+}
+
+/// The line to blame when `key` matches none of the `recorded` keys: the
+/// first of the same algorithm (a changed key), else the first for the host
+/// (a key of another algorithm).
+fn offending_line(recorded: &[(usize, PublicKey)], key: &PublicKey) -> Option<usize> {
+    recorded
+        .iter()
+        .find(|(_, k)| k.algorithm() == key.algorithm())
+        .or_else(|| recorded.first())
+        .map(|(line, _)| *line)
 }
 
 /// `host` on port 22, `[host]:port` otherwise: how known-hosts names it.
@@ -181,24 +238,18 @@ impl client::Handler for Client {
             file: file.display().to_string(),
             source,
         };
-        let known = if file.exists() {
-            match russh::keys::check_known_hosts_path(&self.host, self.port, key, file) {
-                Ok(known) => known,
-                Err(russh::keys::Error::KeyChanged { line }) => {
-                    eprint!("{}", mismatch_banner(key, file, line));
-                    return Err(SshError::HostKeyChanged {
-                        host: name,
-                        line,
-                        file: file.display().to_string(),
-                    });
-                }
-                Err(e) => return Err(known_hosts_error(e)),
-            }
-        } else {
-            false
-        };
-        if known {
+        let recorded = recorded_keys(file, &self.host, self.port)?;
+        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
             return Ok(true);
+        }
+        // Known by a key of this or another algorithm: a changed key.
+        if let Some(line) = offending_line(&recorded, key) {
+            eprint!("{}", mismatch_banner(key, file, line));
+            return Err(SshError::HostKeyChanged {
+                host: name,
+                line,
+                file: file.display().to_string(),
+            });
         }
         let (host, key_owned, file_owned) = (name.clone(), key.clone(), file.clone());
         let trusted = tokio::task::spawn_blocking(move || ask_trust(&host, &key_owned))
@@ -224,6 +275,16 @@ impl client::Handler for Client {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), SshError> {
+        if !self.forward_agent {
+            tracing::warn!(
+                host = %self.host,
+                "refused an agent channel the server opened without --forward-agent"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") else {
             return Ok(()); // dropping `reply` rejects the channel
         };
@@ -375,13 +436,22 @@ impl Session {
             .request_identities()
             .await
             .context("cannot list the ssh-agent's identities")?;
+        let recorded = match &config.known_hosts {
+            Some(file) => recorded_keys(file, host, port)?,
+            None => Vec::new(),
+        };
         let handler = Client {
             host: host.to_owned(),
             port,
             known_hosts: config.known_hosts.clone(),
+            forward_agent: config.forward_agent,
         };
         let ssh_config = Arc::new(client::Config {
             inactivity_timeout: None,
+            preferred: russh::Preferred {
+                key: preferred_host_key_algorithms(&recorded).into(),
+                ..russh::Preferred::default()
+            },
             ..client::Config::default()
         });
         // The handshake includes the host-key prompt, which waits for a
@@ -619,6 +689,36 @@ mod tests {
     fn known_hosts_names() {
         assert_eq!(known_hosts_name("10.0.0.1", 22), "10.0.0.1");
         assert_eq!(known_hosts_name("10.0.0.1", 2222), "[10.0.0.1]:2222");
+    }
+
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAykIpTO6sbkr+/YPPtpZEvHEcSwxdjbBBEyIDGtRnX2";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBA47hW9fFXLSFKvHRzBSvrq7VesZyJ//Ztq9qDVMVUCwM3icS3OWZx5SlX8yMzEagDDIu1uYODkRnNDDbSZXOLo=";
+
+    fn key(text: &str) -> PublicKey {
+        PublicKey::from_openssh(text).unwrap()
+    }
+
+    /// The recorded algorithm is asked for first; nothing is dropped.
+    #[test]
+    fn recorded_algorithms_come_first() {
+        let default = russh::Preferred::default().key.into_owned();
+        assert_eq!(preferred_host_key_algorithms(&[]), default);
+        let ecdsa = preferred_host_key_algorithms(&[(3, key(ECDSA))]);
+        assert_eq!(ecdsa[0], key(ECDSA).algorithm(), "{ecdsa:?}");
+        assert_eq!(ecdsa.len(), default.len());
+        assert!(default.iter().all(|a| ecdsa.contains(a)));
+    }
+
+    /// A key of another algorithm than the recorded one is blamed on the
+    /// host's line, like a changed key; none recorded is a first contact.
+    #[test]
+    fn offending_lines() {
+        let recorded = [(2, key(ED25519))];
+        assert_eq!(offending_line(&recorded, &key(ECDSA)), Some(2));
+        assert_eq!(offending_line(&[], &key(ECDSA)), None);
+        let both = [(1, key(ED25519)), (4, key(ECDSA))];
+        assert_eq!(offending_line(&both, &key(ECDSA)), Some(4));
     }
 
     #[test]

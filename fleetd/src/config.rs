@@ -355,8 +355,14 @@ where
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// A line of this config file.
-    File(PathBuf),
+    /// The config file, and the line the value is on when it could be found
+    /// (the INI parser does not report lines; see [`key_lines`]).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the winning `key=value`.
+        line: Option<usize>,
+    },
     /// An environment variable (its name).
     Env(String),
     /// A command-line flag (its name, e.g. `--agent-ttl`).
@@ -366,7 +372,11 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::File { path, line: None } => write!(f, "{}", path.display()),
+            Origin::File {
+                path,
+                line: Some(line),
+            } => write!(f, "{}:{line}", path.display()),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::Flag(flag) => write!(f, "flag {flag}"),
         }
@@ -458,6 +468,7 @@ impl RawConfig {
                 path: path.to_path_buf(),
                 cause,
             })?;
+        let lines = key_lines(text);
         for (section, props) in &parsed {
             if let Some(section) = section {
                 if !props.is_empty() {
@@ -473,7 +484,10 @@ impl RawConfig {
                     Some(opt) => self.set(
                         opt,
                         unquote(value).to_owned(),
-                        Origin::File(path.to_path_buf()),
+                        Origin::File {
+                            path: path.to_path_buf(),
+                            line: lines.get(key).copied(),
+                        },
                     ),
                     None => self.warnings.push(format!(
                         "unknown option {key:?} in {} ignored",
@@ -488,6 +502,28 @@ impl RawConfig {
     fn set(&mut self, opt: Opt, value: String, origin: Origin) {
         self.values.insert(opt, RawValue { value, origin });
     }
+}
+
+/// The 1-based line of the last top-level `key=value` (or `key: value`) of
+/// each key in a config file's text: the line whose value wins, as a later
+/// line overrides an earlier one. Lines inside a `[section]` are not
+/// counted, nor comments.
+fn key_lines(text: &str) -> BTreeMap<&str, usize> {
+    let mut lines = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            // Every option after the first section header is in a section.
+            break;
+        }
+        if line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(end) = line.find(['=', ':']) {
+            lines.insert(line[..end].trim(), i + 1);
+        }
+    }
+    lines
 }
 
 /// Strips one pair of matching quotes around the whole value.
@@ -671,7 +707,8 @@ impl Config {
                 Opt::Verbosity => c.verbosity = parse_verbosity(v).map_err(bad)?,
                 Opt::EtcdServers => c.etcd_servers = parse_etcd_servers(v).map_err(bad)?,
                 Opt::EtcdRequestTimeout => {
-                    c.etcd_request_timeout = parse_seconds(v).map_err(bad)?;
+                    c.etcd_request_timeout =
+                        parse_seconds(v, ETCD_REQUEST_TIMEOUT_RANGE).map_err(bad)?;
                 }
                 Opt::EtcdCafile => c.etcd_cafile = non_empty(v).map(PathBuf::from),
                 Opt::EtcdCertfile => c.etcd_certfile = non_empty(v).map(PathBuf::from),
@@ -690,9 +727,12 @@ impl Config {
                         )
                     }));
                 }
-                Opt::AgentTtl => c.agent_ttl = parse_positive_duration(v).map_err(bad)?,
+                Opt::AgentTtl => {
+                    c.agent_ttl = parse_duration_in(v, AGENT_TTL_RANGE).map_err(bad)?;
+                }
                 Opt::EngineReconcileInterval => {
-                    c.engine_reconcile_interval = parse_seconds(v).map_err(bad)?;
+                    c.engine_reconcile_interval =
+                        parse_seconds(v, ENGINE_RECONCILE_INTERVAL_RANGE).map_err(bad)?;
                 }
                 Opt::TokenLimit => c.token_limit = parse_token_limit(v).map_err(bad)?,
                 Opt::DisableEngine => c.disable_engine = parse_bool(v).map_err(bad)?,
@@ -743,12 +783,25 @@ pub enum ValueError {
         /// Largest accepted value.
         max: u64,
     },
-    /// Not a positive number of seconds.
-    #[error("not a positive number of seconds (e.g. 2 or 0.5)")]
-    Seconds,
-    /// Not a Go duration, or not positive.
+    /// Not a number of seconds in range.
+    #[error(
+        "not a number of seconds between {} and {} (e.g. 2 or 0.5)",
+        range.0.as_secs_f64(),
+        range.1.as_secs_f64()
+    )]
+    Seconds {
+        /// The accepted range, inclusive.
+        range: (Duration, Duration),
+    },
+    /// Not a Go duration.
     #[error("{0}")]
     Duration(String),
+    /// A duration outside the accepted range.
+    #[error("must be between {} and {}", go_duration(range.0), go_duration(range.1))]
+    DurationRange {
+        /// The accepted range, inclusive.
+        range: (Duration, Duration),
+    },
     /// Not a boolean.
     #[error("not a boolean (true/false, 1/0, yes/no, on/off, t/f)")]
     Bool,
@@ -791,22 +844,67 @@ fn parse_token_limit(v: &str) -> Result<u16, ValueError> {
     }
 }
 
-/// A positive, finite number of seconds (Go's `strconv.ParseFloat`).
-fn parse_seconds(v: &str) -> Result<Duration, ValueError> {
-    let secs: f64 = v.trim().parse().map_err(|_| ValueError::Seconds)?;
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(ValueError::Seconds);
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| ValueError::Seconds)
-}
+/// `etcd_request_timeout`: 10 ms to 5 min. Below, every request times out
+/// before etcd can answer; above, a dead etcd stalls every loop for longer
+/// than any lease (`agent_ttl`) lives.
+pub const ETCD_REQUEST_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(300));
 
-/// A positive Go duration.
-fn parse_positive_duration(v: &str) -> Result<Duration, ValueError> {
-    let d = parse_go_duration(v.trim()).map_err(ValueError::Duration)?;
-    if d.is_zero() {
-        return Err(ValueError::Duration("must be positive".to_owned()));
+/// `engine_reconcile_interval`: 10 ms to 1 h. The interval feeds
+/// `tokio::time::interval` (which panics on zero) and the leadership lease
+/// (5 × the interval), so a value that rounds to zero or overflows an
+/// `Instant` must never get that far; an hour already leaves a lost leader
+/// unnoticed for five.
+pub const ENGINE_RECONCILE_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+
+/// `agent_ttl`: 1 s to 24 h. etcd leases are whole seconds, the heart beats
+/// every TTL/3 and the publisher every TTL/2, and a dead machine is noticed
+/// only after one TTL.
+pub const AGENT_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// A number of seconds (Go's `strconv.ParseFloat`) within `range`: NaN,
+/// infinities, negative values, values that round to less than the minimum
+/// (`1e-10`) and huge ones are all refused.
+fn parse_seconds(v: &str, range: (Duration, Duration)) -> Result<Duration, ValueError> {
+    let bad = ValueError::Seconds { range };
+    let secs: f64 = v.trim().parse().map_err(|_| bad.clone())?;
+    if !secs.is_finite() {
+        return Err(bad);
+    }
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| bad.clone())?;
+    if d < range.0 || d > range.1 {
+        return Err(bad);
     }
     Ok(d)
+}
+
+/// A Go duration within `range`.
+fn parse_duration_in(v: &str, range: (Duration, Duration)) -> Result<Duration, ValueError> {
+    let d = parse_go_duration(v.trim()).map_err(ValueError::Duration)?;
+    if d < range.0 || d > range.1 {
+        return Err(ValueError::DurationRange { range });
+    }
+    Ok(d)
+}
+
+/// A duration as a Go duration string, for messages: the largest unit that
+/// divides it (`10ms`, `1s`, `24h`), else seconds with a fraction.
+fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    for (unit, per) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if nanos != 0 && nanos.is_multiple_of(per) {
+            return format!("{}{unit}", nanos / per);
+        }
+    }
+    format!("{nanos}ns")
 }
 
 /// Go's `time.ParseDuration`: a sequence of decimal numbers, each with an
@@ -1337,7 +1435,7 @@ mod tests {
         assert_eq!(
             chain(&e),
             format!(
-                "invalid value \"abc\" for agent_ttl in {p}: not a duration (e.g. 30s, 1m30s, 500ms): \"abc\""
+                "invalid value \"abc\" for agent_ttl in {p}:1: not a duration (e.g. 30s, 1m30s, 500ms): \"abc\""
             )
         );
         let e = load_env("FLEET_AGENT_TTL", "abc").expect_err("bad ttl");
@@ -1359,6 +1457,121 @@ mod tests {
         assert_eq!(origin, Origin::Flag("--agent-ttl".into()));
     }
 
+    const ETCD_SECS: &str = "not a number of seconds between 0.01 and 300 (e.g. 2 or 0.5)";
+    const ENGINE_SECS: &str = "not a number of seconds between 0.01 and 3600 (e.g. 2 or 0.5)";
+
+    /// Every value of a numeric or duration option that would panic or
+    /// misbehave at run time (zero intervals, sub-nanosecond or negative
+    /// seconds, NaN, infinities, `Instant` overflows) is refused at load
+    /// time, from each of the three sources, naming the option, the source
+    /// (with the file's line) and the accepted range.
+    #[test]
+    fn out_of_range_values_are_refused_from_every_source() {
+        const TTL: &str = "must be between 1s and 24h";
+        const INT: &str = "not an integer between 1 and 65535";
+        let cases: &[(Opt, &str, &str)] = &[
+            (Opt::EngineReconcileInterval, "0", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "0.0", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "1e-10", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "0.001", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "-2", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "-0", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "NaN", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "nan", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "inf", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "-inf", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "3600.5", ENGINE_SECS),
+            (Opt::EngineReconcileInterval, "1e300", ENGINE_SECS),
+            (
+                Opt::EngineReconcileInterval,
+                "18446744073709551616",
+                ENGINE_SECS,
+            ),
+            (Opt::EtcdRequestTimeout, "0", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "1e-10", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "0.009", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "-1", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "NaN", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "infinity", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "301", ETCD_SECS),
+            (Opt::EtcdRequestTimeout, "1e20", ETCD_SECS),
+            (Opt::AgentTtl, "0", TTL),
+            (Opt::AgentTtl, "0s", TTL),
+            (Opt::AgentTtl, "1ns", TTL),
+            (Opt::AgentTtl, "999ms", TTL),
+            (Opt::AgentTtl, "24h0m0.001s", TTL),
+            (Opt::AgentTtl, "2562047h", TTL),
+            (Opt::AgentTtl, "-1s", "must not be negative"),
+            (Opt::TokenLimit, "0", INT),
+            (Opt::TokenLimit, "-1", INT),
+            (Opt::TokenLimit, "65536", INT),
+            (Opt::TokenLimit, "1e3", INT),
+            (Opt::Verbosity, "256", "not an integer between 0 and 255"),
+        ];
+        for (opt, value, reason) in cases {
+            let text = format!("# fleet\nverbosity=0\n{}={value}\n", opt.name());
+            let (_dir, path) = conf(&text);
+            let p = path.to_str().expect("utf-8 path");
+            let e = load_t(&args(&["--config", p]), no_env).expect_err(value);
+            assert_eq!(
+                chain(&e),
+                format!("invalid value {value:?} for {opt} in {p}:3: {reason}"),
+                "{opt}={value} in a file"
+            );
+            let e = load_env(&opt.env_var(), value).expect_err(value);
+            assert_eq!(
+                chain(&e),
+                format!(
+                    "invalid value {value:?} for {opt} in environment variable {}: {reason}",
+                    opt.env_var()
+                ),
+                "{opt}={value} in the environment"
+            );
+            let flag = format!("{}={value}", opt.flag());
+            let e = load_flags(&[flag.as_str()]).expect_err(value);
+            assert_eq!(
+                chain(&e),
+                format!(
+                    "invalid value {value:?} for {opt} in flag {}: {reason}",
+                    opt.flag()
+                ),
+                "{flag}"
+            );
+        }
+    }
+
+    /// The ends of each range are accepted.
+    #[test]
+    fn range_ends_are_accepted() {
+        let c = load_flags(&[
+            "--engine-reconcile-interval=0.01",
+            "--etcd-request-timeout=300",
+            "--agent-ttl=24h",
+            "--token-limit=1",
+        ])
+        .expect("lower/upper ends load");
+        assert_eq!(c.engine_reconcile_interval, Duration::from_millis(10));
+        assert_eq!(c.etcd_request_timeout, Duration::from_secs(300));
+        assert_eq!(c.agent_ttl, Duration::from_secs(24 * 3600));
+        let c = load_flags(&[
+            "--engine-reconcile-interval=3600",
+            "--etcd-request-timeout=0.01",
+            "--agent-ttl=1s",
+        ])
+        .expect("other ends load");
+        assert_eq!(c.engine_reconcile_interval, Duration::from_secs(3600));
+        assert_eq!(c.etcd_request_timeout, Duration::from_millis(10));
+        assert_eq!(c.agent_ttl, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn file_lines_are_those_of_the_winning_top_level_key() {
+        let lines = key_lines(
+            "# c\n; c\nagent_ttl=1s\n verbosity : 2\nagent_ttl = 2s\n[s]\nmetadata=a=b\n",
+        );
+        assert_eq!(lines, BTreeMap::from([("agent_ttl", 5), ("verbosity", 4)]));
+    }
+
     /// Every kind of bad value, with its full message.
     #[test]
     fn every_invalid_value_message() {
@@ -1368,26 +1581,10 @@ mod tests {
             ("--verbosity", "x", "not an integer between 0 and 255"),
             ("--etcd-servers", " , ", "no etcd server given"),
             ("--etcd-servers", "[\"\"]", "no etcd server given"),
-            (
-                "--etcd-request-timeout",
-                "0",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
-            (
-                "--etcd-request-timeout",
-                "-1",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
-            (
-                "--etcd-request-timeout",
-                "inf",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
-            (
-                "--etcd-request-timeout",
-                "1s",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
+            ("--etcd-request-timeout", "0", ETCD_SECS),
+            ("--etcd-request-timeout", "-1", ETCD_SECS),
+            ("--etcd-request-timeout", "inf", ETCD_SECS),
+            ("--etcd-request-timeout", "1s", ETCD_SECS),
             ("--public-ip", "10.0.0", "not an IP address"),
             ("--agent-ttl", "30", "missing unit in duration \"30\""),
             (
@@ -1396,23 +1593,15 @@ mod tests {
                 "unknown unit \"x\" in duration \"30x\"",
             ),
             ("--agent-ttl", "-5s", "must not be negative"),
-            ("--agent-ttl", "0", "must be positive"),
-            ("--agent-ttl", "0s", "must be positive"),
+            ("--agent-ttl", "0", "must be between 1s and 24h"),
+            ("--agent-ttl", "0s", "must be between 1s and 24h"),
             (
                 "--agent-ttl",
                 "",
                 "not a duration (e.g. 30s, 1m30s, 500ms): \"\"",
             ),
-            (
-                "--engine-reconcile-interval",
-                "0",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
-            (
-                "--engine-reconcile-interval",
-                "two",
-                "not a positive number of seconds (e.g. 2 or 0.5)",
-            ),
+            ("--engine-reconcile-interval", "0", ENGINE_SECS),
+            ("--engine-reconcile-interval", "two", ENGINE_SECS),
             ("--token-limit", "0", "not an integer between 1 and 65535"),
             (
                 "--token-limit",

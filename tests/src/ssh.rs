@@ -48,13 +48,23 @@ impl KeyPair {
     ///
     /// `ssh-keygen` missing or failing.
     pub fn generate(dir: &Path, name: &str) -> anyhow::Result<KeyPair> {
+        Self::generate_of_type(dir, name, "ed25519")
+    }
+
+    /// Makes a new key pair of another type (`ssh-keygen -t`: `rsa`,
+    /// `ecdsa`, `ed25519`) at `dir/name`.
+    ///
+    /// # Errors
+    ///
+    /// `ssh-keygen` missing or failing.
+    pub fn generate_of_type(dir: &Path, name: &str, key_type: &str) -> anyhow::Result<KeyPair> {
         require_tool("ssh-keygen")?;
         let private = dir.join(name);
         // ssh-keygen asks before overwriting; start clean.
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(private.with_extension("pub"));
         let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .args(["-q", "-t", key_type, "-N", "", "-C", name, "-f"])
             .arg(&private)
             .stdin(Stdio::null())
             .output()
@@ -308,4 +318,101 @@ pub async fn restart_sshd(machine: &Machine, ip: &str) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Debian's OpenSSH sshd running on the host itself, on a loopback port,
+/// for checks that end in the handshake (host keys) and need no machine.
+/// Stopped by PID on drop.
+pub struct LocalSshd {
+    /// `sshd -D`: stays in the foreground, so this is its PID.
+    child: Child,
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// Holds the config and the keys.
+    _dir: tempfile::TempDir,
+}
+
+impl LocalSshd {
+    /// Starts sshd on `127.0.0.1` with exactly `host_keys` (so it offers
+    /// only their algorithms), letting root in with `authorized`, and waits
+    /// until it accepts TCP connections.
+    ///
+    /// # Errors
+    ///
+    /// sshd missing (install openssh-server: scripts/setup.sh), or not
+    /// starting within 10 s.
+    pub async fn start(host_keys: &[&KeyPair], authorized: &[&KeyPair]) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if !Path::new(SSHD).is_file() {
+            bail!("{SSHD} is missing: install openssh-server (scripts/setup.sh does)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-sshd-")
+            .tempdir()
+            .context("cannot create sshd's directory")?;
+        let mut config = String::new();
+        for (i, key) in host_keys.iter().enumerate() {
+            let path = dir.path().join(format!("host_key_{i}"));
+            std::fs::copy(&key.private, &path).context("cannot copy a host key")?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            config.push_str(&format!("HostKey {}\n", path.display()));
+        }
+        let keys: String = authorized
+            .iter()
+            .map(|k| format!("{}\n", k.public))
+            .collect();
+        std::fs::write(dir.path().join("authorized_keys"), keys)?;
+        // sshd's privilege-separation directory, which the package's unit
+        // would create.
+        std::fs::create_dir_all("/run/sshd").context("cannot create /run/sshd")?;
+        let port = crate::util::free_port()?;
+        config.push_str(&format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nAuthorizedKeysFile {}\n\
+             PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nPidFile none\n",
+            dir.path().join("authorized_keys").display()
+        ));
+        let config_path = dir.path().join("sshd_config");
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.path().join("sshd.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start sshd")?;
+        let mut sshd = LocalSshd {
+            child,
+            port,
+            _dir: dir,
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if let Ok(Some(status)) = sshd.child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("sshd on {addr} exited at start ({status}): {log}");
+            }
+            if Instant::now() > deadline {
+                bail!("sshd did not listen on {addr} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(sshd)
+    }
+}
+
+impl Drop for LocalSshd {
+    fn drop(&mut self) {
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
 }

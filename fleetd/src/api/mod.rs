@@ -13,7 +13,9 @@
 //!   the `{"error":{"code","message"}}` body.
 //! - `page.rs`: [`PageToken`], the paging of every listing.
 //! - `serve.rs`: [`Listener`]s (unix, TCP, socket activation) and [`serve`],
-//!   the accept loops with graceful shutdown.
+//!   the accept loops with graceful shutdown, and what one client may take
+//!   ([`ServeOptions`]: header and body read timeouts, connections per
+//!   listener).
 //! - `discovery.json`: the discovery document served at `/discovery`.
 //!
 //! Around every route: the `Server: fleetd/<version>` header, a readiness
@@ -53,8 +55,8 @@ pub use error::{ApiError, UNAVAILABLE};
 pub use page::PageToken;
 pub use routes::{BODY_LIMIT, DISCOVERY, PREFIXES};
 pub use serve::{
-    DRAIN_DEADLINE, Listener, MAX_CONNECTIONS, bind_tcp, bind_unix, from_listen_fds, serve,
-    serve_with_deadline,
+    BODY_READ_TIMEOUT, DRAIN_DEADLINE, HEADER_READ_TIMEOUT, Listener, MAX_CONNECTIONS,
+    ServeOptions, bind_tcp, bind_unix, from_listen_fds, serve, serve_with, serve_with_deadline,
 };
 
 use crate::client::RegistryClient;

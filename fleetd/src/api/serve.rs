@@ -4,9 +4,29 @@
 //! Design, after mini-redis's `server.rs`:
 //! - one accept loop per listener, one task per connection, all on one
 //!   [`TaskTracker`];
-//! - a semaphore caps the open connections ([`MAX_CONNECTIONS`]); a failed
-//!   `accept` (e.g. out of file descriptors) is logged and retried after a
-//!   back-off, and never ends the server;
+//! - a semaphore per listener caps its open connections
+//!   ([`ServeOptions::max_connections`], [`MAX_CONNECTIONS`] by default,
+//!   lowered at start if the open-files limit could not hold every listener
+//!   at its cap plus the descriptors etcd, D-Bus and unit files need).
+//!   At the cap the loop stops accepting: further connections wait in the
+//!   kernel's backlog, holding no descriptor of ours, and are accepted as
+//!   served ones close (beyond the backlog the kernel refuses them). They
+//!   are not accepted-and-closed: a burst, or a restart that left requests
+//!   queued, is then served late rather than failed. One cap per listener,
+//!   not one shared, so a flood of the TCP port cannot lock local clients
+//!   out of the unix socket. The cost: while a flood holds a listener's
+//!   slots, a new client of that listener waits until the flood's
+//!   connections time out (below);
+//! - what one connection may hold is bounded in time: the request line and
+//!   headers must arrive within [`ServeOptions::header_read_timeout`], which
+//!   runs from the moment the connection is accepted or its previous answer
+//!   is written, so it is also the idle keep-alive timeout (hyper closes the
+//!   connection); the body must arrive within
+//!   [`ServeOptions::body_read_timeout`] of the headers, or the request is
+//!   answered 408 and the connection closed. Bodies are also bounded in
+//!   size ([`super::BODY_LIMIT`], 413);
+//! - a failed `accept` (e.g. out of file descriptors) is logged and retried
+//!   after a back-off, and never ends the server;
 //! - shutdown is two-staged: when `shutdown` completes, the accept loops stop
 //!   (closing the listeners) and every connection is told to finish its
 //!   in-flight request and close; connections still open after the drain
@@ -20,11 +40,20 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{CONNECTION, HeaderValue, SERVER};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Router};
+use hyper::body::{Body as HttpBody, Bytes, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -37,11 +66,55 @@ use tokio_util::task::TaskTracker;
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Most connections served at once, over all listeners.
+/// Most connections served at once by one listener (the default of
+/// [`ServeOptions::max_connections`]). fleetd's `LimitNOFILE` in the shipped
+/// `fleet.service` leaves room for several listeners at this cap.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's line and headers, and
+/// how long a keep-alive connection may stay idle between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send a request's body once its headers
+/// are in. Bodies are at most [`super::BODY_LIMIT`] (1 MiB): a client on any
+/// working link sends one in far less.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the API is served: what one client may take.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Bound on receiving a request's line and headers, counted from the
+    /// accept or the end of the previous answer: a slowloris client
+    /// dribbling headers, or one holding an idle connection, is cut after
+    /// it.
+    pub header_read_timeout: Duration,
+    /// Bound on receiving a request's body after its headers: a client
+    /// dribbling a body is answered 408 and cut after it.
+    pub body_read_timeout: Duration,
+    /// Connections one listener serves at once; beyond, new connections
+    /// wait in the backlog. Per listener, so one flooded listener leaves the
+    /// others usable.
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish once shutdown
+    /// begins.
+    pub drain_deadline: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            drain_deadline: DRAIN_DEADLINE,
+        }
+    }
+}
+
+/// Descriptors left out of the connections' budget when the open-files
+/// limit is low (see [`connection_cap`]): etcd and D-Bus connections, the
+/// journal, unit files being written, the runtime's own.
+const RESERVED_FDS: u64 = 256;
 
 /// First and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
@@ -185,13 +258,14 @@ fn listener_from_fd(fd: OwnedFd) -> io::Result<Listener> {
 }
 
 /// Serve `router` on every listener until `shutdown` completes, then let
-/// in-flight requests finish for up to [`DRAIN_DEADLINE`].
+/// in-flight requests finish for up to [`DRAIN_DEADLINE`], with the default
+/// [`ServeOptions`].
 pub async fn serve(
     router: Router,
     listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    serve_with_deadline(router, listeners, shutdown, DRAIN_DEADLINE).await
+    serve_with(router, listeners, shutdown, ServeOptions::default()).await
 }
 
 /// [`serve`] with another drain deadline.
@@ -201,6 +275,34 @@ pub async fn serve_with_deadline(
     shutdown: impl Future<Output = ()> + Send,
     drain: Duration,
 ) -> io::Result<()> {
+    let opts = ServeOptions {
+        drain_deadline: drain,
+        ..ServeOptions::default()
+    };
+    serve_with(router, listeners, shutdown, opts).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with(
+    router: Router,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()> + Send,
+    opts: ServeOptions,
+) -> io::Result<()> {
+    let drain = opts.drain_deadline;
+    let soft_limit = open_files_soft_limit();
+    let max_connections = connection_cap(opts.max_connections, listeners.len(), soft_limit);
+    if max_connections < opts.max_connections {
+        tracing::warn!(
+            open_files_limit = soft_limit,
+            max_connections,
+            "the open-files limit is low: fewer connections per listener, so that they cannot use up fleetd's descriptors (raise LimitNOFILE)"
+        );
+    }
+    let router = router.layer(middleware::from_fn_with_state(
+        opts.body_read_timeout,
+        body_deadline,
+    ));
     // Cancelled after the drain deadline, or when this future is dropped:
     // connections are dropped.
     let abort = CancellationToken::new();
@@ -208,17 +310,19 @@ pub async fn serve_with_deadline(
     // Cancelled when shutdown begins: stop accepting, finish and close.
     let graceful = abort.child_token();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
 
     for listener in listeners {
-        tracing::info!(listener = %listener.describe(), "serving the fleet API");
+        tracing::info!(listener = %listener.describe(), max_connections, "serving the fleet API");
         tracker.spawn(accept_loop(
             listener,
-            router.clone(),
+            Conn {
+                router: router.clone(),
+                header_read_timeout: opts.header_read_timeout,
+                graceful: graceful.clone(),
+                abort: abort.clone(),
+            },
             tracker.clone(),
-            permits.clone(),
-            graceful.clone(),
-            abort.clone(),
+            Arc::new(Semaphore::new(max_connections)),
         ));
     }
 
@@ -233,15 +337,56 @@ pub async fn serve_with_deadline(
     Ok(())
 }
 
-/// Accept connections on one listener until `graceful` is cancelled.
+/// The soft `RLIMIT_NOFILE` of this process (`None` if unlimited or
+/// unreadable), from `/proc/self/limits`: the workspace has no unsafe code
+/// for `getrlimit`.
+fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Connections per listener: `configured`, lowered so that `listeners`
+/// listeners at their cap still leave [`RESERVED_FDS`] descriptors under
+/// the open-files limit, so a flood never takes the descriptors etcd, D-Bus
+/// and unit files need. At least 1.
+fn connection_cap(configured: usize, listeners: usize, soft_limit: Option<u64>) -> usize {
+    let Some(limit) = soft_limit else {
+        return configured.max(1);
+    };
+    let n = u64::try_from(listeners.max(1)).unwrap_or(u64::MAX);
+    let budget = limit.saturating_sub(RESERVED_FDS.saturating_add(n)) / n;
+    configured
+        .min(usize::try_from(budget).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// What serving one connection needs.
+#[derive(Clone)]
+struct Conn {
+    /// The API, with the body deadline around it.
+    router: Router,
+    /// See [`ServeOptions::header_read_timeout`].
+    header_read_timeout: Duration,
+    /// Cancelled when shutdown begins: finish the request and close.
+    graceful: CancellationToken,
+    /// Cancelled at the drain deadline: drop the connection.
+    abort: CancellationToken,
+}
+
+/// Accept connections on one listener until shutdown begins, at most as
+/// many at once as `permits` allows.
 async fn accept_loop(
     listener: Listener,
-    router: Router,
+    conn: Conn,
     tracker: TaskTracker,
     permits: Arc<Semaphore>,
-    graceful: CancellationToken,
-    abort: CancellationToken,
 ) {
+    let graceful = conn.graceful.clone();
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let permit = tokio::select! {
@@ -268,27 +413,28 @@ async fn accept_loop(
             },
         };
         backoff = ACCEPT_BACKOFF.0;
-        let (router, graceful, abort) = (router.clone(), graceful.clone(), abort.clone());
+        let conn = conn.clone();
         tracker.spawn(async move {
-            serve_connection(stream, router, graceful, abort).await;
+            serve_connection(stream, conn).await;
             drop(permit);
         });
     }
 }
 
-/// Serve one connection: requests until the client closes it, or, once
-/// `graceful` is cancelled, until the request in flight is answered; dropped
-/// when `abort` is cancelled.
-async fn serve_connection(
-    stream: Box<dyn Connection>,
-    router: Router,
-    graceful: CancellationToken,
-    abort: CancellationToken,
-) {
+/// Serve one connection: requests until the client closes it or a read
+/// times out, or, once `graceful` is cancelled, until the request in flight
+/// is answered; dropped when `abort` is cancelled.
+async fn serve_connection(stream: Box<dyn Connection>, c: Conn) {
+    let Conn {
+        router,
+        header_read_timeout,
+        graceful,
+        abort,
+    } = c;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_read_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -306,9 +452,104 @@ async fn serve_connection(
     }
 }
 
+/// Bounds the time the request's body may take to arrive: past
+/// `timeout` after the headers, reading it fails, and the answer (whatever
+/// the handler made of the failure) becomes a 408 that closes the
+/// connection, so the client cannot go on dribbling.
+async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            timed_out: timed_out.clone(),
+        })
+    });
+    let res = next.run(req).await;
+    if !timed_out.load(Ordering::SeqCst) {
+        return res;
+    }
+    tracing::debug!(
+        ?timeout,
+        "request body not received in time; closing the connection"
+    );
+    let server = res.headers().get(SERVER).cloned();
+    let mut res = super::ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("request body not received within {timeout:?}"),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if let Some(server) = server {
+        res.headers_mut().insert(SERVER, server);
+    }
+    res
+}
+
+/// A request body that fails once its deadline passes.
+struct DeadlineBody {
+    /// The body as received.
+    inner: Body,
+    /// When reading gives up.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The bound, for the error message.
+    timeout: Duration,
+    /// Set when the deadline hit, for [`body_deadline`] to answer 408.
+    timed_out: Arc<AtomicBool>,
+}
+
+/// The error of a body read past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+struct BodyTimeout(Duration);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::SeqCst);
+            return Poll::Ready(Some(Err(BodyTimeout(this.timeout).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_fit_under_the_open_files_limit() {
+        // systemd's default soft limit: one listener gets what is left.
+        assert_eq!(connection_cap(1024, 1, Some(1024)), 1024 - 256 - 1);
+        assert_eq!(connection_cap(1024, 2, Some(1024)), (1024 - 256 - 2) / 2);
+        // The shipped LimitNOFILE=8192: the cap stands, up to 7 listeners.
+        assert_eq!(connection_cap(1024, 2, Some(8192)), 1024);
+        assert_eq!(connection_cap(1024, 7, Some(8192)), 1024);
+        assert_eq!(connection_cap(1024, 1, None), 1024);
+        assert_eq!(connection_cap(1024, 1, Some(10)), 1);
+        assert_eq!(connection_cap(0, 1, None), 1);
+        assert!(open_files_soft_limit().is_some_and(|n| n > 0));
+    }
 
     #[tokio::test]
     async fn inherited_descriptors_are_typed_by_address_family() {

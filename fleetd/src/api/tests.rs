@@ -382,3 +382,396 @@ async fn shutdown_drops_requests_past_the_deadline() {
     // The client sees the connection closed without an answer.
     assert!(stuck.await.unwrap().is_err());
 }
+
+// ---------------------------------------------------------------------------
+// What one client may take: read timeouts and connections per listener, on
+// real unix and TCP sockets
+// ---------------------------------------------------------------------------
+
+/// An accepted or dialled connection of either kind.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Where a [`LimitedServer`] listens.
+#[derive(Clone, Debug)]
+enum Addr {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl Addr {
+    async fn connect(&self) -> Box<dyn Stream> {
+        match self {
+            Addr::Unix(path) => Box::new(UnixStream::connect(path).await.expect("unix connect")),
+            Addr::Tcp(addr) => Box::new(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("tcp connect"),
+            ),
+        }
+    }
+}
+
+/// The API over `MemKv` on a unix and a TCP listener, with short limits.
+struct LimitedServer {
+    unix: Addr,
+    tcp: Addr,
+    opts: ServeOptions,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _ready: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl LimitedServer {
+    async fn start(opts: ServeOptions) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let sock = dir.path().join("fleet.sock");
+        let (ready_tx, ready_rx) = watch::channel(true);
+        let app = router(
+            RegistryClient::new(Registry::new(MemKv::new(), "/fleet-test/")),
+            ApiOptions {
+                token_limit: 100,
+                ready: ready_rx,
+            },
+        );
+        let unix = bind_unix(&sock).expect("bind the unix socket");
+        let tcp = bind_tcp("127.0.0.1:0").await.expect("bind TCP");
+        let tcp_addr = tcp.tcp_addr().expect("a TCP address");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with(
+            app,
+            vec![unix, tcp],
+            async move {
+                let _ = stop_rx.await;
+            },
+            opts.clone(),
+        ));
+        LimitedServer {
+            unix: Addr::Unix(sock),
+            tcp: Addr::Tcp(tcp_addr),
+            opts,
+            stop: Some(stop_tx),
+            task: Some(task),
+            _ready: ready_tx,
+            _dir: dir,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("shutdown within 10 s")
+                .expect("the server task")
+                .expect("serve");
+        }
+    }
+}
+
+/// Short limits: the behaviour is the defaults', scaled down.
+fn short_limits() -> ServeOptions {
+    ServeOptions {
+        header_read_timeout: Duration::from_millis(400),
+        body_read_timeout: Duration::from_millis(400),
+        max_connections: 4,
+        drain_deadline: Duration::from_secs(1),
+    }
+}
+
+/// Bound for anything that should happen "soon": generous, so a loaded
+/// machine does not fail the tests; nothing here measures speed.
+const SOON: Duration = Duration::from_secs(10);
+
+/// A normal client: one GET on a new connection, answered 200.
+async fn normal_get(addr: &Addr) {
+    let stream = addr.connect().await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get("/fleet/v1/units")
+        .header(HOST, "x")
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let res = tokio::time::timeout(SOON, sender.send_request(req))
+        .await
+        .unwrap_or_else(|_| panic!("a normal client on {addr:?} is answered"))
+        .expect("an answer");
+    assert_eq!(res.status(), 200, "{addr:?}");
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns
+/// what it sent.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes `first`, then `drip` every 100 ms until the write fails;
+/// returns the read half's view: what the server sent before closing, and
+/// how long after connecting it closed.
+async fn slowloris(addr: &Addr, first: &str, drip: &'static str) -> (String, Duration) {
+    use tokio::io::AsyncWriteExt as _;
+    // Before the connection: the server's timers start later.
+    let started = std::time::Instant::now();
+    let stream = addr.connect().await;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(first.as_bytes()).await.expect("first bytes");
+    let dripping = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(drip.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let got = tokio::time::timeout(SOON, read_until_closed(&mut rd))
+        .await
+        .unwrap_or_else(|_| panic!("the slowloris client on {addr:?} is cut"));
+    let elapsed = started.elapsed();
+    dripping.abort();
+    (got, elapsed)
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_after_the_header_timeout() {
+    let s = LimitedServer::start(short_limits()).await;
+    for addr in [&s.unix, &s.tcp] {
+        let offender = slowloris(
+            addr,
+            "GET /fleet/v1/units HTTP/1.1\r\nHost: x\r\n",
+            "X-Drip: 1\r\n",
+        );
+        let normal = async {
+            // Served while the offender dribbles, on both listeners.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            normal_get(&s.unix).await;
+            normal_get(&s.tcp).await;
+        };
+        let ((got, elapsed), ()) = tokio::join!(offender, normal);
+        assert!(
+            elapsed >= s.opts.header_read_timeout,
+            "{addr:?}: cut after {elapsed:?}, before the header timeout"
+        );
+        assert!(!got.contains("200 OK"), "{addr:?}: {got}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn slowloris_bodies_are_answered_408_and_cut() {
+    let s = LimitedServer::start(short_limits()).await;
+    for addr in [&s.unix, &s.tcp] {
+        let offender = slowloris(
+            addr,
+            "PUT /fleet/v1/units/hello.service HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+            " ",
+        );
+        let normal = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            normal_get(&s.unix).await;
+            normal_get(&s.tcp).await;
+        };
+        let ((got, elapsed), ()) = tokio::join!(offender, normal);
+        assert!(
+            elapsed >= s.opts.body_read_timeout,
+            "{addr:?}: cut after {elapsed:?}, before the body timeout"
+        );
+        assert!(
+            got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{addr:?}: {got}"
+        );
+        let lower = got.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nconnection: close\r\n"),
+            "{addr:?}: {got}"
+        );
+        assert!(
+            lower.contains(&format!("\r\nserver: fleetd/{}\r\n", crate::VERSION)),
+            "{addr:?}: {got}"
+        );
+        assert!(
+            got.ends_with(
+                r#"{"error":{"code":408,"message":"request body not received within 400ms"}}"#
+            ),
+            "{addr:?}: {got}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_header_timeout() {
+    let s = LimitedServer::start(short_limits()).await;
+    for addr in [&s.unix, &s.tcp] {
+        // Idle from the start: nothing sent.
+        let started = std::time::Instant::now();
+        let mut silent = addr.connect().await;
+        let got = tokio::time::timeout(SOON, read_until_closed(&mut silent))
+            .await
+            .unwrap_or_else(|_| panic!("a silent connection on {addr:?} is closed"));
+        assert!(started.elapsed() >= s.opts.header_read_timeout);
+        assert_eq!(got, "", "{addr:?}");
+
+        // Idle after an answer: the keep-alive connection is closed.
+        let stream = addr.connect().await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(conn);
+        let req = Request::get("/fleet/v1/units")
+            .header(HOST, "x")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        // Before the request: the server's idle timer starts after it.
+        let asked = std::time::Instant::now();
+        let res = sender.send_request(req).await.expect("an answer");
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.expect("the body");
+        tokio::time::timeout(SOON, conn)
+            .await
+            .unwrap_or_else(|_| panic!("an idle keep-alive connection on {addr:?} is closed"))
+            .expect("the connection task")
+            .expect("a clean close");
+        assert!(asked.elapsed() >= s.opts.header_read_timeout);
+        normal_get(addr).await;
+    }
+    s.shutdown().await;
+}
+
+/// Connections to local port `port` that a process accepted: in
+/// `/proc/net/tcp`, sockets with that local port, established, and with an
+/// inode (a connection still in the listen backlog has none: no descriptor
+/// refers to it yet).
+fn accepted_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 9 && f[1].ends_with(&local) && f[3] == "01" && f[9] != "0"
+        })
+        .count()
+}
+
+/// A served client that asks again and again over its keep-alive
+/// connection to the TCP listener.
+struct KeptClient {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeptClient {
+    async fn connect(addr: &Addr) -> Self {
+        let stream = addr.connect().await;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut kept = KeptClient { sender };
+        kept.ask().await;
+        kept
+    }
+
+    async fn ask(&mut self) {
+        let req = Request::get("/fleet/v1/machines")
+            .header(HOST, "x")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let res = tokio::time::timeout(SOON, self.sender.send_request(req))
+            .await
+            .expect("the kept client is answered")
+            .expect("an answer on the kept connection");
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.expect("the body");
+    }
+}
+
+/// Opens `n` connections to `addr` that send nothing, and gives the server
+/// time to accept all it will.
+async fn flood(addr: &Addr, n: usize) -> Vec<Box<dyn Stream>> {
+    let mut flood = Vec::new();
+    for _ in 0..n {
+        flood.push(addr.connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    flood
+}
+
+const FLOOD: usize = 64;
+
+/// A flood of the TCP listener far beyond its limit: the server holds at
+/// most the limit of descriptors for it (the rest wait in the backlog), a
+/// client served before the flood keeps being answered, the unix listener
+/// (its own limit) serves as usual, and once the flood is gone a new TCP
+/// client is served. The header timeout is long here, so nothing of the
+/// flood is cut during the test: whatever is answered is answered beside
+/// it.
+#[tokio::test]
+async fn a_connection_flood_takes_at_most_the_limit() {
+    let s = LimitedServer::start(ServeOptions {
+        header_read_timeout: Duration::from_secs(60),
+        ..short_limits()
+    })
+    .await;
+    let limit = s.opts.max_connections;
+    let mut kept = KeptClient::connect(&s.tcp).await;
+
+    let Addr::Tcp(addr) = s.tcp else {
+        unreachable!("the TCP address")
+    };
+    let flood = flood(&s.tcp, FLOOD).await;
+    // The kept client and the flood's first ones hold the limit; the rest
+    // wait in the backlog, holding no descriptor of the server's.
+    let accepted = accepted_connections(addr.port());
+    assert!(
+        (1..=limit).contains(&accepted),
+        "{accepted} connections accepted of {FLOOD}, with a limit of {limit}"
+    );
+    for _ in 0..5 {
+        kept.ask().await;
+        normal_get(&s.unix).await;
+    }
+    drop(flood);
+    normal_get(&s.tcp).await;
+    kept.ask().await;
+    s.shutdown().await;
+}
+
+/// The flood connections the server accepted are cut after the header
+/// timeout like any idle connection, which frees their slots for the
+/// connections queued behind them.
+#[tokio::test]
+async fn flood_connections_are_cut_after_the_header_timeout() {
+    let s = LimitedServer::start(short_limits()).await;
+    let limit = s.opts.max_connections;
+    let started = std::time::Instant::now();
+    let mut flood = flood(&s.tcp, FLOOD).await;
+    // The first ones in were accepted (the backlog is served in order);
+    // the rest follow as slots free up.
+    for (i, conn) in flood.iter_mut().take(2 * limit).enumerate() {
+        let got = tokio::time::timeout(SOON, read_until_closed(conn))
+            .await
+            .unwrap_or_else(|_| panic!("flood connection {i} is cut"));
+        assert_eq!(got, "");
+    }
+    assert!(started.elapsed() >= 2 * s.opts.header_read_timeout);
+    normal_get(&s.unix).await;
+    drop(flood);
+    normal_get(&s.tcp).await;
+    s.shutdown().await;
+}
