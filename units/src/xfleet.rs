@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::file::{ParseError, UnitFile};
+use crate::file::{ParseError, UnitFile, UnitOption};
 use crate::glob::glob_match;
 use crate::name::UnitName;
 use crate::quote::go_quote;
@@ -104,6 +104,22 @@ pub enum RequirementsError {
     /// bytes or more, a name with a newline, ...).
     #[error(transparent)]
     Unparsable(#[from] ParseError),
+    /// The canonical text parses back, but to other content: an option's
+    /// section, name or value holds what the text cannot carry (a newline,
+    /// surrounding whitespace, a trailing `\`, ...). Accepting it would give
+    /// the unit a hash that its own text, as the agent writes and re-reads
+    /// it, does not have.
+    #[error(
+        "option {} in section {} does not read back from the unit file text",
+        go_quote(.name),
+        go_quote(.section)
+    )]
+    NotRoundTrip {
+        /// Section of the first option that reads back differently.
+        section: String,
+        /// Its name.
+        name: String,
+    },
     /// A `MachineOf` peer matches a `Conflicts` glob.
     #[error(
         "unresolvable requirements: peer {} matches conflict {}",
@@ -310,8 +326,38 @@ pub fn validate_options(
     name: &UnitName,
     file: &UnitFile,
 ) -> Result<Requirements, RequirementsError> {
-    UnitFile::parse(&file.canonical())?;
+    let reparsed = UnitFile::parse(&file.canonical())?;
+    if reparsed.hash() != file.hash() {
+        let lost = first_lost_option(file, &reparsed);
+        return Err(RequirementsError::NotRoundTrip {
+            section: lost.map(|o| o.section.clone()).unwrap_or_default(),
+            name: lost.map(|o| o.name.clone()).unwrap_or_default(),
+        });
+    }
     Requirements::from_unit(name, file)
+}
+
+/// The first option of `file`, in canonical order (grouped by section),
+/// that `reparsed` (its canonical text, parsed) does not have in its place.
+fn first_lost_option<'a>(file: &'a UnitFile, reparsed: &UnitFile) -> Option<&'a UnitOption> {
+    let mut sections: Vec<&str> = Vec::new();
+    for o in file.options() {
+        if !sections.contains(&o.section.as_str()) {
+            sections.push(&o.section);
+        }
+    }
+    let grouped = sections
+        .iter()
+        .flat_map(|s| file.options().iter().filter(move |o| o.section == *s));
+    let mut back = reparsed.options().iter();
+    let mut last = None;
+    for option in grouped {
+        if back.next() != Some(option) {
+            return Some(option);
+        }
+        last = Some(option);
+    }
+    last
 }
 
 /// `[X-Fleet]` values per key, split and substituted, keys in order of
@@ -858,6 +904,58 @@ mod tests {
         ));
         // Without the re-parse check, from_unit accepts it.
         assert!(Requirements::from_unit(&name("a.service"), &too_long).is_ok());
+    }
+
+    /// Found by the `api_body` fuzz target (`fuzz/corpus/api_body/
+    /// put-name-newline`): options whose canonical text parses, but to other
+    /// content, were accepted, so the agent's re-read unit file never had
+    /// the scheduled hash.
+    #[test]
+    fn canonical_text_must_read_back_as_sent() {
+        let unit = |options: &[(&str, &str, &str)]| {
+            UnitFile::from_options(
+                options
+                    .iter()
+                    .map(|(s, n, v)| crate::UnitOption::new(*s, *n, *v))
+                    .collect(),
+            )
+        };
+        for (options, lost) in [
+            (&[("S", "\n\\nx", "")][..], ("S", "\n\\nx")),
+            (&[("S", "A", "ok"), ("S", "B", "x\n\nC=y")], ("S", "B")),
+            (&[("S", " A", "x")], ("S", " A")),
+            (&[("S", "#A", "x")], ("S", "#A")),
+            (&[("S", "A", "x "), ("T", "B", "y")], ("S", "A")),
+            (&[("S", "A", "x\\")], ("S", "A")),
+        ] {
+            let Err(err) = validate_options(&name("a.service"), &unit(options)) else {
+                panic!("{options:?} should be refused");
+            };
+            assert_eq!(
+                err,
+                RequirementsError::NotRoundTrip {
+                    section: lost.0.into(),
+                    name: lost.1.into()
+                },
+                "{options:?}"
+            );
+        }
+        assert_eq!(
+            validate_options(&name("a.service"), &unit(&[("S", "B", "x\n\nC=y")]))
+                .unwrap_err()
+                .to_string(),
+            r#"option "B" in section "S" does not read back from the unit file text"#
+        );
+        // Options that read back as sent are accepted, continuations included.
+        validate_options(
+            &name("a.service"),
+            &unit(&[
+                ("S", "A", "one \\\ntwo"),
+                ("T", "B", "x \\\n"),
+                ("S", "C", ""),
+            ]),
+        )
+        .unwrap();
     }
 
     /// A value making its `ExecStart=` line exactly 2048 bytes long.
