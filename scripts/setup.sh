@@ -13,6 +13,7 @@ packages=(
   openssh-server openssh-client       # sshd in the test machines, ssh-agent/ssh-keygen for fleetctl's SSH tests
   tmux                                # a terminal for the interactive fleetctl ssh test
   openssl                             # test certificates for etcd over TLS
+  g++                                 # libfuzzer-sys builds libFuzzer for the fuzz targets
   curl ca-certificates
 )
 
@@ -35,4 +36,11 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup.sh: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# cargo-fuzz for the fuzz targets (scripts/fuzz.sh), only when missing; a
+# nightly toolchain is used if installed, else stable with RUSTC_BOOTSTRAP.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup.sh: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2
 fi

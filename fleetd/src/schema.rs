@@ -16,6 +16,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use units::{UnitFile, UnitHash, UnitName};
 
+pub mod request;
+
 /// A unit's desired or current state, as fleet (not systemd) sees it.
 ///
 /// `Display`/`FromStr` and serde use exactly the wire strings.

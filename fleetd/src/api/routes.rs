@@ -13,21 +13,16 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::error::{ApiError, json_response};
 use super::page::PageToken;
 use super::snapshot::Slot;
-use crate::client::registry::{PutOutcome, UNIT_NOT_FOUND, go_quote};
+use crate::client::registry::{PutOutcome, UNIT_NOT_FOUND};
 use crate::client::{FleetApi, RegistryClient};
 use crate::registry::Kv;
-use crate::schema::{
-    Machine, MachineId, MachinePage, TargetState, Unit, UnitOption, UnitPage, UnitState,
-    UnitStatePage,
-};
+use crate::schema::request::{self, MetadataChange};
+use crate::schema::{Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage};
 
 /// The two prefixes the API is served under.
 pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -249,114 +244,6 @@ async fn cluster_gauges<K: Kv>(
 }
 
 // ---------------------------------------------------------------------------
-// Request bodies: Go's field matching, and unknown fields refused
-// ---------------------------------------------------------------------------
-
-/// The fields of a unit in a `PUT` body: those the original's `schema.Unit`
-/// has (`currentState` and `machineID` are read-only and ignored).
-const UNIT_FIELDS: &[&str] = &[
-    "name",
-    "desiredState",
-    "options",
-    "currentState",
-    "machineID",
-];
-/// The fields of a unit option.
-const OPTION_FIELDS: &[&str] = &["name", "section", "value"];
-/// The fields of a `PATCH /machines` operation.
-const OP_FIELDS: &[&str] = &["op", "path", "value"];
-/// The fields of an operation's value.
-const VALUE_FIELDS: &[&str] = &["value"];
-
-/// Matches the keys of a JSON object to `fields` as Go's decoder did
-/// (exactly, else ignoring ASCII case) and renames them to the canonical
-/// spelling; `null` becomes `{}` (Go left the zero value). A key that names
-/// no field is refused: `unknown field "x" in <what>`. Other values are
-/// left for the typed decoder to refuse.
-fn go_fields(value: Value, fields: &[&'static str], what: &str) -> Result<Value, String> {
-    match value {
-        Value::Null => Ok(Value::Object(Map::new())),
-        Value::Object(map) => {
-            let mut out = Map::new();
-            for (key, v) in map {
-                let field = fields
-                    .iter()
-                    .find(|f| **f == key)
-                    .or_else(|| fields.iter().find(|f| f.eq_ignore_ascii_case(&key)));
-                let Some(field) = field else {
-                    return Err(format!(
-                        "unknown field {} in {what}; known fields: {}",
-                        go_quote(&key),
-                        fields.join(", ")
-                    ));
-                };
-                out.insert((*field).to_owned(), v);
-            }
-            Ok(Value::Object(out))
-        }
-        other => Ok(other),
-    }
-}
-
-/// Applies [`go_fields`] to the object under `key` of `object`, if present.
-fn go_fields_of(
-    object: &mut Value,
-    key: &str,
-    fields: &[&'static str],
-    what: &str,
-) -> Result<(), String> {
-    if let Some(inner) = object.get_mut(key) {
-        *inner = go_fields(inner.take(), fields, what)?;
-    }
-    Ok(())
-}
-
-/// Applies `f` to every element of the array under `key`, if it is one.
-fn each_of(
-    object: &mut Value,
-    key: &str,
-    f: impl Fn(Value) -> Result<Value, String>,
-) -> Result<(), String> {
-    if let Some(Value::Array(items)) = object.get_mut(key) {
-        for item in items.iter_mut() {
-            *item = f(item.take())?;
-        }
-    }
-    Ok(())
-}
-
-/// Decodes a typed value from a JSON value whose keys are canonical.
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| e.to_string())
-}
-
-/// Decodes a `PUT /units/<name>` body: JSON syntax, then field names, then
-/// types.
-fn decode_put_body(body: &[u8]) -> Result<PutBody, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let mut unit = go_fields(value, UNIT_FIELDS, "unit")?;
-    each_of(&mut unit, "options", |o| {
-        go_fields(o, OPTION_FIELDS, "unit option")
-    })?;
-    typed(unit)
-}
-
-/// Decodes a `PATCH /machines` body, as [`decode_put_body`].
-fn decode_patch_body(body: &[u8]) -> Result<Vec<MetadataOp>, String> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if let Value::Array(ops) = &mut value {
-        for op in ops.iter_mut() {
-            let mut canonical = go_fields(op.take(), OP_FIELDS, "metadata operation")?;
-            if canonical.get("value").is_some_and(Value::is_object) {
-                go_fields_of(&mut canonical, "value", VALUE_FIELDS, "metadata value")?;
-            }
-            *op = canonical;
-        }
-    }
-    typed(value)
-}
-
-// ---------------------------------------------------------------------------
 // /machines
 // ---------------------------------------------------------------------------
 
@@ -381,89 +268,11 @@ async fn machines<K: Kv>(State(s): Shared<K>, req: Request) -> Answer {
     }
 }
 
-/// One operation of a `PATCH /machines` body:
-/// `{"op":"add","path":"/<machine>/metadata/<key>","value":{"value":"v"}}`.
-///
-/// Decoded by [`decode_patch_body`]: field names match in any case, as Go's
-/// decoder matched the original's untagged fields; unknown fields are
-/// refused; `null` is the same as absent.
-#[derive(Debug, Deserialize)]
-struct MetadataOp {
-    /// `add`, `replace` or `remove`.
-    #[serde(default)]
-    op: Option<String>,
-    /// `/<machineID>/metadata/<key>`.
-    #[serde(default)]
-    path: Option<String>,
-    /// The value, an object wrapping a string.
-    #[serde(default)]
-    value: Option<MetadataValue>,
-}
-
-/// The `value` object of a [`MetadataOp`].
-#[derive(Debug, Deserialize)]
-struct MetadataValue {
-    /// The metadata value.
-    #[serde(default)]
-    value: Option<String>,
-}
-
-/// A validated metadata operation.
-enum MetadataChange {
-    /// `add` or `replace`: set the key.
-    Set(MachineId, String, String),
-    /// `remove`: remove the key.
-    Remove(MachineId, String),
-}
-
-/// Splits `/<machine>/metadata/<key>` as the original's
-/// `^/([^/]+)/metadata/([A-Za-z0-9_.-]+$)` did (the machine must also be a
-/// valid machine ID, i.e. without whitespace).
-fn parse_metadata_path(path: &str) -> Option<(MachineId, String)> {
-    let rest = path.strip_prefix('/')?;
-    let (machine, rest) = rest.split_once('/')?;
-    let key = rest.strip_prefix("metadata/")?;
-    let key_ok = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !key_ok {
-        return None;
-    }
-    Some((machine.parse().ok()?, key.to_owned()))
-}
-
-/// Checks one operation, in the original's order: op, path, value.
-fn validate_op(op: MetadataOp) -> Result<MetadataChange, ApiError> {
-    let kind = op.op.unwrap_or_default();
-    if !matches!(kind.as_str(), "add" | "replace" | "remove") {
-        return Err(ApiError::bad_request(
-            "invalid op: expect add, remove, or replace",
-        ));
-    }
-    let Some((machine, key)) = op.path.as_deref().and_then(parse_metadata_path) else {
-        return Err(ApiError::bad_request("machine metadata path invalid"));
-    };
-    if kind == "remove" {
-        return Ok(MetadataChange::Remove(machine, key));
-    }
-    match op.value.and_then(|v| v.value).filter(|v| !v.is_empty()) {
-        Some(value) => Ok(MetadataChange::Set(machine, key, value)),
-        None => Err(ApiError::bad_request(
-            "invalid value: add and replace require a value",
-        )),
-    }
-}
-
 /// `PATCH /machines`: every operation is validated, then all are applied in
 /// order; 204 with `Content-Type: application/json` and no body.
 async fn patch_machines<K: Kv>(s: &AppState<K>, req: Request) -> Answer {
     let body = read_body(req).await?;
-    let ops = decode_patch_body(&body).map_err(ApiError::bad_request)?;
-    let changes = ops
-        .into_iter()
-        .map(validate_op)
-        .collect::<Result<Vec<_>, _>>()?;
+    let changes = request::decode_patch(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for change in changes {
         match change {
             MetadataChange::Set(machine, key, value) => {
@@ -521,59 +330,6 @@ async fn unit_item<K: Kv>(
     }
 }
 
-/// The body of `PUT /units/<name>`, decoded by [`decode_put_body`]: field
-/// names match in any case, as Go's decoder matched them; the read-only
-/// fields of a unit (`currentState`, `machineID`), which the original's
-/// clients may send back, are accepted and ignored; any other field is
-/// refused; `null` is the same as absent.
-#[derive(Debug, Deserialize)]
-struct PutBody {
-    /// The unit name; empty means the one in the URL.
-    #[serde(default)]
-    name: Option<String>,
-    /// The desired state; empty means none. Anything but the three states is
-    /// refused (the original stored it and broke the unit).
-    #[serde(default, rename = "desiredState", deserialize_with = "desired_state")]
-    desired_state: Option<TargetState>,
-    /// The unit's content.
-    #[serde(default)]
-    options: Option<Vec<PutOption>>,
-}
-
-/// One option in a [`PutBody`].
-#[derive(Debug, Deserialize)]
-struct PutOption {
-    /// Option name.
-    #[serde(default)]
-    name: Option<String>,
-    /// Section name.
-    #[serde(default)]
-    section: Option<String>,
-    /// Option value.
-    #[serde(default)]
-    value: Option<String>,
-}
-
-impl From<PutOption> for UnitOption {
-    fn from(o: PutOption) -> Self {
-        UnitOption {
-            name: o.name.unwrap_or_default(),
-            section: o.section.unwrap_or_default(),
-            value: o.value.unwrap_or_default(),
-        }
-    }
-}
-
-/// `desiredState`: absent, `null` or `""` is none; otherwise one of the
-/// three states.
-fn desired_state<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TargetState>, D::Error> {
-    match Option::<String>::deserialize(d)? {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
 /// The original's Content-Type check: exactly one header, whose media type
 /// (before any `;` parameter) is `application/json`.
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -603,28 +359,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn put_unit<K: Kv>(s: &AppState<K>, url_name: &str, req: Request) -> Answer {
     check_content_type(req.headers())?;
     let body = read_body(req).await?;
-    let body = decode_put_body(&body)
-        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
-    let name = body
-        .name
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| url_name.to_owned());
-    if name != url_name {
-        return Err(ApiError::bad_request(format!(
-            "name in URL {} differs from unit name in request body {}",
-            go_quote(url_name),
-            go_quote(&name)
-        )));
-    }
-    let options = body
-        .options
-        .unwrap_or_default()
-        .into_iter()
-        .map(UnitOption::from)
-        .collect();
+    let put =
+        request::decode_put(url_name, &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     match s
         .client
-        .put_unit(&name, body.desired_state, options)
+        .put_unit(&put.name, put.desired_state, put.options)
         .await?
     {
         PutOutcome::Created => Ok(StatusCode::CREATED.into_response()),
@@ -685,23 +424,6 @@ async fn state_item<K: Kv>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metadata_paths() {
-        let (m, k) = parse_metadata_path("/abc/metadata/role.x-1_y").unwrap();
-        assert_eq!((m.as_str(), k.as_str()), ("abc", "role.x-1_y"));
-        for bad in [
-            "abc/metadata/k",
-            "/abc/metadata/",
-            "/abc/metadata/a/b",
-            "//metadata/k",
-            "/abc/meta/k",
-            "/abc/metadata/k!",
-            "/a b/metadata/k",
-        ] {
-            assert!(parse_metadata_path(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn content_types() {
