@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use fleet_fuzz::{continuation_gap, grouped};
+use fleet_fuzz::grouped;
 use libfuzzer_sys::fuzz_target;
 use units::{UnitFile, UnitHash};
 
@@ -26,9 +26,6 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    if continuation_gap(&file) {
-        return;
-    }
     let canonical = file.canonical();
     let again = UnitFile::parse(&canonical)
         .unwrap_or_else(|e| panic!("canonical text {canonical:?} does not parse: {e}"));
