@@ -547,19 +547,27 @@ pub enum Record {
     Leader(MachineId),
 }
 
-/// A decoder of every key of the layout into a [`Record`]; keys outside it
-/// and bad values are skipped (and logged by the reflector).
+/// A decoder of every key of the layout into a [`Record`]; keys outside it,
+/// bad values and records that name another unit or machine than their key
+/// are skipped (and logged and counted by the reflector).
 pub fn records(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<Record> + Send + Sync + 'static {
     move |key, value| {
         let text = || std::str::from_utf8(value).ok();
         Some(match keys.parse(key)? {
-            ParsedKey::Machine(_) => Record::Machine(json(key, value)?),
+            ParsedKey::Machine(id) => {
+                let record: MachineRecord = json(key, value)?;
+                // A record naming another machine than its key is not ours.
+                Record::Machine((record.id == id).then_some(record)?)
+            }
             ParsedKey::Metadata { machine, key } => Record::Metadata {
                 machine,
                 key,
                 value: text()?.to_owned(),
             },
-            ParsedKey::Unit(_) => Record::Unit(json(key, value)?),
+            ParsedKey::Unit(name) => {
+                let record: UnitRecord = json(key, value)?;
+                Record::Unit((record.name == name).then_some(record)?)
+            }
             ParsedKey::Target(unit) => Record::Target {
                 unit,
                 machine: text()?.parse().ok()?,
@@ -569,7 +577,11 @@ pub fn records(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<Record> + Send + Sy
                 unit,
                 entry: json(key, value)?,
             },
-            ParsedKey::State { .. } => Record::State(json(key, value)?),
+            ParsedKey::State { unit, machine } => {
+                let record: UnitStateRecord = json(key, value)?;
+                let matches = record.name == unit && record.machine_id == machine;
+                Record::State(matches.then_some(record)?)
+            }
             ParsedKey::Leader => Record::Leader(text()?.parse().ok()?),
         })
     }

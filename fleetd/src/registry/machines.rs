@@ -79,14 +79,14 @@ impl<K: Kv> Registry<K> {
         let value = encode_json(record);
         for _ in 0..REGISTER_ATTEMPTS {
             let (current, _) = self.kv.get(&key).await?;
+            // A record fleet did not write carries no token: take it over.
             if let Some(kv) = &current
                 && let Some(existing) = self.machine_record(kv)
+                && existing.token != record.token
             {
-                if existing.token != record.token {
-                    return Err(Error::MachineIdInUse {
-                        machine: record.id.to_string(),
-                    });
-                }
+                return Err(Error::MachineIdInUse {
+                    machine: record.id.to_string(),
+                });
             }
             let expect = current.as_ref().map_or(0, |kv| kv.mod_revision);
             let resp = self
