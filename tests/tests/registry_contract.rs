@@ -1855,6 +1855,10 @@ async fn leadership_takes_over_stale_keys<K: Backend>(fx: Fx<K>) -> anyhow::Resu
         .await?
         .context("m1 leads")?;
     put(&fx.kv, &leader_key, "m1").await?;
+    ensure!(
+        !reg.is_leader(&fa).await?,
+        "a term whose key left its lease is over"
+    );
     let lb = reg.grant_lease(Duration::from_secs(30)).await?;
     let fb = reg
         .acquire_leadership(&machine("m2"), lb)

@@ -21,8 +21,10 @@
 //! changed meanwhile, such as a real leader's, is left alone) and then
 //! competes as for a vacant key. Deleting rather than overwriting gives the
 //! next term a new `create_revision`: an engine whose key was overwritten in
-//! place keeps a fence matching the old `create_revision`, and only the
-//! delete ends its term.
+//! place keeps a fence matching the old `create_revision` (its schedule
+//! writes still pass until the delete, while no other engine leads), and
+//! [`Registry::is_leader`] tells it its term is over because the key left
+//! its lease, so even a lone engine steps down and takes the key anew.
 
 use super::kv::{Compare, KeyValue, Op, Txn};
 use super::{Kv, LeaseId, Registry, Result, invalid, keys};
@@ -140,10 +142,15 @@ impl<K: Kv> Registry<K> {
         Ok(found.as_ref().and_then(checked_holder))
     }
 
-    /// Whether `fence` still holds.
+    /// Whether `fence` still holds: the key is still the one this term
+    /// created, and still on this term's lease (a key overwritten in place,
+    /// e.g. by `etcdctl put`, keeps its `create_revision` but not its lease:
+    /// the term is over, and the key is stale for every engine).
     pub async fn is_leader(&self, fence: &Fence) -> Result<bool> {
         let (found, _) = self.kv.get(&fence.key).await?;
-        Ok(found.is_some_and(|kv| kv.create_revision == fence.create_revision))
+        Ok(found.is_some_and(|kv| {
+            kv.create_revision == fence.create_revision && kv.lease == Some(fence.lease)
+        }))
     }
 
     /// Give leadership up (delete the key if this term still holds it).
