@@ -9,7 +9,10 @@
 //!   decide, how many units it could not place) and [`engine_applied`] (the
 //!   decisions written, by kind);
 //! - the registry: every [`Kv`] request, counted and timed by op and result,
-//!   through the [`Metered`] wrapper the daemon puts around its store;
+//!   through the [`Metered`] wrapper the daemon puts around its store; and
+//!   `fleet_registry_invalid_values_total{kind}`, the values in etcd that
+//!   fleet did not write and skipped, by kind of key (counted by
+//!   [`crate::registry::invalid`], which fleetctl's build has too);
 //! - the agent: [`agent_tasks`], each task of a batch by kind and outcome.
 //!
 //! Gauges of cluster state (units by desired and current state, unit states
@@ -280,8 +283,23 @@ pub fn render() -> String {
     ENGINE_DECISIONS.render(&mut out);
     REGISTRY_REQUESTS.render(&mut out);
     REGISTRY_LATENCY.render(&mut out);
+    render_invalid_values(&mut out);
     AGENT_TASKS.render(&mut out);
     out
+}
+
+/// `fleet_registry_invalid_values_total`, from the registry's counts.
+fn render_invalid_values(out: &mut String) {
+    const NAME: &str = "fleet_registry_invalid_values_total";
+    header(
+        out,
+        NAME,
+        "Values in etcd that fleet did not write (undecodable, of the wrong shape, non-UTF-8 keys, stale leader keys), skipped by readers, by kind of key.",
+        "counter",
+    );
+    for (kind, n) in crate::registry::invalid::counts() {
+        sample(out, NAME, &[("kind", kind.to_owned())], n as f64);
+    }
 }
 
 /// Gauges computed at scrape time, rendered after [`render`]'s metrics.
@@ -463,6 +481,16 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");
         }
+    }
+
+    #[test]
+    fn invalid_values_render_by_kind() {
+        crate::registry::invalid::skipped("unit", "/metrics-test/units/x", 1, &"garbage");
+        let text = render();
+        assert!(
+            text.contains("fleet_registry_invalid_values_total{kind=\"unit\"} "),
+            "{text}"
+        );
     }
 
     #[test]

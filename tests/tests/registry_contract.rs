@@ -82,6 +82,14 @@ trait Backend: Kv {
     fn compact_history(fx: &Fx<Self>, rev: Revision) -> impl Future<Output = anyhow::Result<()>>;
     /// Take the store down (`true`) or bring it back (`false`).
     fn outage(fx: &mut Fx<Self>, down: bool) -> impl Future<Output = anyhow::Result<()>>;
+    /// Put raw bytes, as `etcdctl put` would (no lease); `false` if the
+    /// backend cannot hold such a key at all (`MemKv`'s keys are strings,
+    /// so a key that is not UTF-8 cannot exist in it).
+    fn put_raw(
+        fx: &Fx<Self>,
+        key: &[u8],
+        value: &[u8],
+    ) -> impl Future<Output = anyhow::Result<bool>>;
 }
 
 impl Backend for MemKv {
@@ -92,6 +100,22 @@ impl Backend for MemKv {
     async fn outage(fx: &mut Fx<Self>, down: bool) -> anyhow::Result<()> {
         fx.kv.set_unavailable(down);
         Ok(())
+    }
+
+    async fn put_raw(fx: &Fx<Self>, key: &[u8], value: &[u8]) -> anyhow::Result<bool> {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return Ok(false);
+        };
+        write(
+            &fx.kv,
+            vec![Op::Put {
+                key: key.to_owned(),
+                value: value.to_vec(),
+                lease: None,
+            }],
+        )
+        .await?;
+        Ok(true)
     }
 }
 
@@ -110,6 +134,16 @@ impl Backend for EtcdKv {
         } else {
             etcd.restart().await
         }
+    }
+
+    async fn put_raw(fx: &Fx<Self>, key: &[u8], value: &[u8]) -> anyhow::Result<bool> {
+        fx.kv
+            .client()
+            .kv_client()
+            .put(key.to_vec(), value.to_vec(), None)
+            .await
+            .context("etcd put of raw bytes")?;
+        Ok(true)
     }
 }
 
@@ -189,7 +223,11 @@ registry_contract! {
         machines_register_take_over_and_refuse,
         machines_dynamic_metadata,
         leadership_acquire_release_and_expiry,
+        leadership_takes_over_stale_keys,
         cache_follows_the_store,
+        large_values_list_and_watch_beyond_the_message_limit,
+        thousands_of_units_list_completely,
+        invalid_values_are_skipped_by_every_read,
     ],
     isolated: [
         kv_revision_counts_writes_only,
@@ -1411,5 +1449,443 @@ async fn cache_follows_the_store<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {
     ensure!(snapshot.len() == 3, "an old snapshot does not change");
     cancel.cancel();
     task.await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Listings of any size
+// ---------------------------------------------------------------------------
+
+/// A unit whose record is about `kib` KiB: `kib` lines of 1000 characters
+/// in an `[X-Pad]` section (systemd ignores `X-` sections).
+fn big_unit(name: &str, kib: usize) -> UnitRecord {
+    let mut record = unit(name, TargetState::Launched);
+    record.options.extend((0..kib).map(|i| units::UnitOption {
+        section: "X-Pad".into(),
+        name: format!("Pad{i}"),
+        value: "x".repeat(1000),
+    }));
+    record
+}
+
+async fn large_values_list_and_watch_beyond_the_message_limit<K: Backend>(
+    fx: Fx<K>,
+) -> anyhow::Result<()> {
+    // Six units of ~900 KiB: each within etcd's 1.5 MiB request limit,
+    // together more than a gRPC client accepts by default (4 MiB).
+    let reg = &fx.reg;
+    let (_, start) = fx.kv.get(&fx.key("nothing")).await?;
+    let names: Vec<String> = (0..6).map(|i| format!("big{i}.service")).collect();
+    let mut want = Vec::new();
+    for n in &names {
+        let record = big_unit(n, 900);
+        reg.put_unit(&record).await?;
+        want.push(record);
+    }
+    let listing = reg.units().await?;
+    ensure!(
+        listing.items == want,
+        "the listing holds every unit, whole: {} of {}",
+        listing.items.len(),
+        want.len()
+    );
+
+    // A watch replaying them in one catch-up batch of ~5.4 MiB.
+    let mut stream = fx
+        .kv
+        .watch(&reg.keys().units_prefix(), start.next())
+        .await?;
+    let events = next_events(&mut stream, names.len()).await?;
+    ensure!(
+        events
+            .iter()
+            .all(|e| e.kind == EventKind::Put && e.kv.value.len() > 900_000),
+        "every big value arrives whole"
+    );
+    drop(stream);
+
+    // A catch-up batch larger than etcd's limit (a 1 MiB value, then a
+    // transaction of two 700 KiB values) comes in fragments, split by etcd
+    // inside the transaction's revision: it must be delivered whole.
+    let small = fx.key("small");
+    let r_small = write(&fx.kv, vec![put_op(&small, &"s".repeat(1 << 20), None)])
+        .await?
+        .revision;
+    let pair = [fx.key("pair1"), fx.key("pair2")];
+    let r_pair = write(
+        &fx.kv,
+        pair.iter()
+            .map(|k| put_op(k, &"p".repeat(700 << 10), None))
+            .collect(),
+    )
+    .await?
+    .revision;
+    let mut stream = fx.kv.watch(&fx.raw(), r_small).await?;
+    let mut seen = 0;
+    while seen < 3 {
+        let item = tokio::time::timeout(EVENTUALLY, stream.next())
+            .await
+            .context("waiting for the fragmented batch")?;
+        let (batch, _) = match item {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => bail!("watch failed: {e}"),
+            None => bail!("watch ended"),
+        };
+        let of_pair = batch
+            .iter()
+            .filter(|e| e.kv.mod_revision == r_pair.0)
+            .count();
+        ensure!(
+            of_pair == 0 || of_pair == 2,
+            "a batch holds {of_pair} of the 2 events of one revision"
+        );
+        seen += batch.len();
+    }
+    drop(stream);
+
+    // A cache lists them (the engine's relist) and follows a change.
+    let (reflector, store) = Reflector::new(
+        fx.kv.clone(),
+        reg.keys().units_prefix(),
+        cache::json::<UnitRecord>,
+    );
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(reflector.run(cancel.clone()));
+    tokio::time::timeout(EVENTUALLY, store.wait_ready())
+        .await
+        .context("the cache of big units never listed")?;
+    ensure!(store.snapshot().len() == names.len());
+    let r = reg.put_unit(&big_unit("big9.service", 1200)).await?;
+    let mut changed = store.subscribe();
+    tokio::time::timeout(EVENTUALLY, changed.wait_for(|rev| *rev >= r)).await??;
+    ensure!(store.snapshot().len() == names.len() + 1);
+    cancel.cancel();
+    task.await?;
+    Ok(())
+}
+
+async fn thousands_of_units_list_completely<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {
+    // 3000 units of ~4 KiB: ~12 MiB in all, three times the default limit
+    // on one gRPC message.
+    let reg = &fx.reg;
+    let n = 3000;
+    let records: Vec<UnitRecord> = (0..n)
+        .map(|i| big_unit(&format!("u{i:05}.service"), 4))
+        .collect();
+    let ops: Vec<Op> = records
+        .iter()
+        .map(|r| Op::Put {
+            key: reg.keys().unit(&r.name),
+            value: serde_json::to_vec(r).expect("unit records serialize"),
+            lease: None,
+        })
+        .collect();
+    for chunk in ops.chunks(64) {
+        write(&fx.kv, chunk.to_vec()).await?;
+    }
+    let listing = reg.units().await?;
+    ensure!(
+        listing.items.len() == n,
+        "listed {} of {n}",
+        listing.items.len()
+    );
+    ensure!(listing.items == records, "every unit, in order, whole");
+    let (kvs, revision) = fx.kv.list(&reg.keys().units_prefix()).await?;
+    ensure!(kvs.len() == n && revision >= listing.revision);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Data fleet did not write
+// ---------------------------------------------------------------------------
+
+/// How many invalid values the process has counted, by kind.
+fn invalid_counts() -> BTreeMap<&'static str, u64> {
+    fleetd::registry::invalid::counts()
+}
+
+async fn invalid_values_are_skipped_by_every_read<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {
+    let reg = &fx.reg;
+    let keys = reg.keys().clone();
+    let before = invalid_counts();
+    let (m1, m2) = (machine("m1"), machine("m2"));
+    let good = unit_name("good.service");
+
+    // What fleet writes.
+    reg.put_unit(&unit("good.service", TargetState::Launched))
+        .await?;
+    let lease = reg.grant_lease(Duration::from_secs(30)).await?;
+    reg.register_machine(&machine_record("m1", "10.0.0.1", "t1"), lease)
+        .await?;
+    reg.publish_state(lease, &state("good.service", "m1"))
+        .await?;
+    reg.set_metadata(&m1, "role", "web").await?;
+    let fence = reg
+        .acquire_leadership(&m1, lease)
+        .await?
+        .context("the leader key is free")?;
+    reg.apply_schedule(&fence, &[place("good.service", "m1", false)])
+        .await?;
+
+    // What someone else wrote, beside it: garbage, JSON of the wrong
+    // types, bytes that are not UTF-8, records that contradict their key.
+    let p = keys.prefix();
+    let other_unit = serde_json::to_vec(&unit("good.service", TargetState::Inactive))?;
+    let other_state = serde_json::to_vec(&state("good.service", "m1"))?;
+    let bad: Vec<(String, &[u8])> = vec![
+        (format!("{p}units/garbage.service"), b"{not json"),
+        (
+            format!("{p}units/types.service"),
+            br#"{"name":5,"desiredState":[],"options":{}}"#,
+        ),
+        (format!("{p}units/bytes.service"), b"\xff\xfe\x00"),
+        (format!("{p}units/other.service"), &other_unit),
+        (format!("{p}units/not-a-unit-name"), b"{}"),
+        (format!("{p}machines/m2"), b"{\"ID\":17}"),
+        (
+            format!("{p}machines/m3"),
+            br#"{"ID":"m1","PublicIP":"1.2.3.4"}"#,
+        ),
+        (format!("{p}states/good.service/m2"), b"garbage"),
+        (format!("{p}states/good.service/m3"), &other_state),
+        (
+            format!("{p}schedule/m1/bad.service"),
+            br#"{"desiredState":"exploded"}"#,
+        ),
+        (format!("{p}schedule/m1/junk"), b"[]"),
+        (format!("{p}targets/bad.service"), b"\xff"),
+        (format!("{p}targets/spaces.service"), b"not a machine id"),
+        (format!("{p}metadata/m1/bytes"), b"\xc3\x28"),
+        (format!("{p}metadata/junk"), b"x"),
+    ];
+    for (key, value) in &bad {
+        ensure!(K::put_raw(&fx, key.as_bytes(), value).await?);
+    }
+    // Keys that are not UTF-8 (etcd only), one at the end of a listing's
+    // first page (16 keys) and a valid key sorting between its bytes and
+    // its lossy rendering, which paging must not skip.
+    let mut raw_key = format!("{p}units/").into_bytes();
+    raw_key.extend_from_slice(b"\x80.service");
+    let raw_units = K::put_raw(&fx, &raw_key, b"{}").await?;
+    let mut raw_machine = format!("{p}machines/").into_bytes();
+    raw_machine.extend_from_slice(b"m\xff");
+    K::put_raw(&fx, &raw_machine, b"{}").await?;
+    let paging = fx.raw();
+    let mut want_paged = Vec::new();
+    for i in 0..15 {
+        let k = format!("{paging}a{i:02}");
+        put(&fx.kv, &k, "v").await?;
+        want_paged.push(k);
+    }
+    let mut after_bytes = format!("{paging}a14").into_bytes();
+    after_bytes.push(0x80);
+    K::put_raw(&fx, &after_bytes, b"v").await?;
+    for k in [format!("{paging}a14\u{e9}"), format!("{paging}a15")] {
+        put(&fx.kv, &k, "v").await?;
+        want_paged.push(k);
+    }
+    want_paged.sort();
+
+    // Every read sees exactly what fleet wrote.
+    let units = reg.units().await?.items;
+    ensure!(
+        units.len() == 1 && units[0].name == good,
+        "units: {:?}",
+        units.iter().map(|u| u.name.to_string()).collect::<Vec<_>>()
+    );
+    ensure!(reg.unit(&good).await?.is_some());
+    for name in [
+        "garbage.service",
+        "types.service",
+        "bytes.service",
+        "other.service",
+    ] {
+        ensure!(
+            reg.unit(&unit_name(name)).await?.is_none(),
+            "{name} reads as absent"
+        );
+    }
+    let garbage = unit_name("garbage.service");
+    let (stored, _) = fx.kv.get(&keys.unit(&garbage)).await?;
+    let at = Revision(stored.context("the garbage unit is stored")?.mod_revision);
+    let err = reg
+        .set_desired_state(&garbage, TargetState::Loaded, at)
+        .await;
+    ensure!(
+        matches!(err, Err(Error::NotFound { .. })),
+        "changing a garbage unit: {err:?}"
+    );
+    let machines = reg.machines().await?.items;
+    ensure!(
+        machines.len() == 1 && machines[0].id == m1,
+        "machines: {machines:?}"
+    );
+    ensure!(reg.machine(&m2).await?.is_none());
+    let states = reg.unit_states().await?.items;
+    ensure!(
+        states == vec![state("good.service", "m1")],
+        "states: {states:?}"
+    );
+    ensure!(reg.unit_states_of(&good).await? == vec![state("good.service", "m1")]);
+    let schedule = reg.schedule().await?.items;
+    ensure!(
+        schedule == vec![(m1.clone(), good.clone(), entry(false))],
+        "schedule: {schedule:?}"
+    );
+    ensure!(reg.machine_schedule(&m1).await?.items == vec![(good.clone(), entry(false))]);
+    ensure!(reg.targets().await?.items == vec![(good.clone(), m1.clone())]);
+    ensure!(reg.target(&unit_name("bad.service")).await?.is_none());
+    let metadata = reg.dynamic_metadata().await?;
+    ensure!(
+        metadata.len() == 1
+            && metadata[&m1] == BTreeMap::from([("role".to_owned(), "web".to_owned())]),
+        "metadata: {metadata:?}"
+    );
+    let (paged, _) = fx.kv.list(&paging).await?;
+    let paged: Vec<String> = paged.into_iter().map(|kv| kv.key).collect();
+    ensure!(
+        paged == want_paged,
+        "paging past a non-UTF-8 key: {paged:?}"
+    );
+
+    // A cache of the whole registry (the engine's and agents' view) too.
+    let (reflector, store) =
+        Reflector::new(fx.kv.clone(), keys.prefix(), cache::records(keys.clone()));
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(reflector.run(cancel.clone()));
+    tokio::time::timeout(EVENTUALLY, store.wait_ready()).await?;
+    let cached: Vec<String> = store.snapshot().keys().cloned().collect();
+    let want_cached = vec![
+        keys.leader(),
+        keys.machine(&m1),
+        keys.metadata(&m1, "role"),
+        keys.scheduled(&m1, &good),
+        keys.state(&good, &m1),
+        keys.target(&good),
+        keys.unit(&good),
+    ];
+    let mut want_sorted = want_cached.clone();
+    want_sorted.sort();
+    ensure!(cached == want_sorted, "cached: {cached:?}");
+    // A bad value arriving by watch is skipped too, the good one kept.
+    let r = write(
+        &fx.kv,
+        vec![put_op(&keys.unit(&unit_name("late.service")), "{", None)],
+    )
+    .await?
+    .revision;
+    let mut changed = store.subscribe();
+    tokio::time::timeout(EVENTUALLY, changed.wait_for(|rev| *rev >= r)).await??;
+    ensure!(store.snapshot().len() == want_cached.len());
+    cancel.cancel();
+    task.await?;
+
+    // A machine key holding garbage belongs to nobody: registration takes it.
+    let lease2 = reg.grant_lease(Duration::from_secs(30)).await?;
+    reg.register_machine(&machine_record("m2", "10.0.0.2", "t2"), lease2)
+        .await
+        .context("registering over a garbage machine record")?;
+    ensure!(reg.machine(&m2).await?.is_some_and(|r| r.token == "t2"));
+
+    // Everything skipped was counted, by kind.
+    let after = invalid_counts();
+    let grew = |kind: &str, n: u64| {
+        let was = before.get(kind).copied().unwrap_or(0);
+        let now = after.get(kind).copied().unwrap_or(0);
+        now >= was + n
+    };
+    for (kind, n) in [
+        ("unit", 5),
+        ("machine", 2),
+        ("state", 2),
+        ("schedule", 2),
+        ("target", 2),
+        ("metadata", 2),
+    ] {
+        ensure!(
+            grew(kind, n),
+            "{kind}: counted {:?} → {:?}",
+            before.get(kind),
+            after.get(kind)
+        );
+    }
+    ensure!(
+        !raw_units || grew("unit", 6),
+        "a non-UTF-8 key is counted: {before:?} → {after:?}"
+    );
+    reg.revoke_lease(lease).await?;
+    reg.revoke_lease(lease2).await?;
+    Ok(())
+}
+
+async fn leadership_takes_over_stale_keys<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {
+    let reg = &fx.reg;
+    let leader_key = reg.keys().leader();
+    let before = invalid_counts().get("leader").copied().unwrap_or(0);
+    let lease = reg.grant_lease(Duration::from_secs(30)).await?;
+
+    // `etcdctl put` of a plausible machine ID without a lease, of garbage,
+    // of bytes that are not UTF-8: never a leader, always taken over.
+    for value in [&b"m9"[..], b"{\"leader\":true}", b"\xff\xfe"] {
+        ensure!(K::put_raw(&fx, leader_key.as_bytes(), value).await?);
+        ensure!(reg.leader().await?.is_none(), "{value:?} names no leader");
+        let fence = reg
+            .acquire_leadership(&machine("m1"), lease)
+            .await?
+            .with_context(|| format!("a stale leader key {value:?} is taken over"))?;
+        ensure!(reg.leader().await? == Some(machine("m1")));
+        ensure!(reg.is_leader(&fence).await?);
+        reg.release_leadership(&fence).await?;
+    }
+
+    // Garbage on a live lease is stale too.
+    let other = reg.grant_lease(Duration::from_secs(30)).await?;
+    write(&fx.kv, vec![put_op(&leader_key, "not an id!", Some(other))]).await?;
+    let f = reg
+        .acquire_leadership(&machine("m1"), lease)
+        .await?
+        .context("garbage on a lease is taken over")?;
+    reg.release_leadership(&f).await?;
+
+    // A real term overwritten in place without a lease: the old fence
+    // still matches the key until it is cleared; the next term is a new
+    // one and the old fence fails.
+    let fa = reg
+        .acquire_leadership(&machine("m1"), lease)
+        .await?
+        .context("m1 leads")?;
+    put(&fx.kv, &leader_key, "m1").await?;
+    ensure!(
+        !reg.is_leader(&fa).await?,
+        "a term whose key left its lease is over"
+    );
+    let lb = reg.grant_lease(Duration::from_secs(30)).await?;
+    let fb = reg
+        .acquire_leadership(&machine("m2"), lb)
+        .await?
+        .context("m2 takes over the lease-less key")?;
+    ensure!(fb.create_revision > fa.create_revision, "a new term");
+    ensure!(!reg.is_leader(&fa).await?, "the old term is over");
+    let refused = reg
+        .apply_schedule(&fa, &[place("x.service", "m1", false)])
+        .await;
+    ensure!(matches!(refused, Err(Error::NotLeader)), "{refused:?}");
+
+    // A healthy leader is never taken over.
+    ensure!(
+        reg.acquire_leadership(&machine("m1"), lease)
+            .await?
+            .is_none()
+    );
+    ensure!(reg.leader().await? == Some(machine("m2")));
+
+    let after = invalid_counts().get("leader").copied().unwrap_or(0);
+    ensure!(
+        after >= before + 5,
+        "stale leader keys counted: {before} → {after}"
+    );
+    for l in [lease, other, lb] {
+        reg.revoke_lease(l).await?;
+    }
     Ok(())
 }

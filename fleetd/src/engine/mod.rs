@@ -295,11 +295,13 @@ impl<K: Kv> Engine<K> {
     /// not poll it every tick.
     async fn compete(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let keys = self.registry.keys().clone();
-        let (reflector, leader) = Reflector::new(
+        // A stale leader key (no lease, or no machine ID in it) reads as
+        // vacant, so the followers compete and clear it.
+        let (reflector, leader) = Reflector::new_kv(
             self.registry.kv().clone(),
             keys.leader(),
-            move |key, value| match keys.parse(key)? {
-                ParsedKey::Leader => std::str::from_utf8(value).ok()?.parse::<MachineId>().ok(),
+            move |kv| match keys.parse(&kv.key)? {
+                ParsedKey::Leader => registry::leader::holder(kv),
                 _ => None,
             },
         );

@@ -62,6 +62,10 @@ pub fn decode_unit(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<CachedUnit> + S
             return None;
         };
         let record: UnitRecord = cache::json(key, value)?;
+        if record.name != name {
+            // Not written by fleet (the API lists it nowhere either).
+            return None;
+        }
         let file = record.file();
         let requirements = Requirements::extract(&name, &file);
         Some(CachedUnit {

@@ -8,9 +8,11 @@
 //! only the latest revision). Loops read the cache, never etcd, so no loop
 //! lists the keyspace on a tick.
 //!
-//! - **Decoding** is the caller's function of (key, value). A value it
-//!   cannot decode is logged at `warn` and left out of the map (the key is
-//!   removed if it was there), never fatal: one bad record must not blind
+//! - **Decoding** is the caller's function of (key, value), or of the whole
+//!   [`KeyValue`] with [`Reflector::new_kv`] (to look at the lease). A value
+//!   it cannot decode is data fleet did not write: it is left out of the map
+//!   (the key is removed if it was there), logged and counted by kind of key
+//!   (see [`super::invalid`]), never fatal: one bad record must not blind
 //!   the engine to the others. [`json`] and [`records`] are ready-made
 //!   decoders.
 //! - **Snapshots** are copy-on-write: a batch of events is applied with
@@ -75,7 +77,8 @@ use tokio::sync::watch;
 pub use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::keys::{Keys, ParsedKey};
+use super::invalid;
+use super::keys::{Keys, ParsedKey, kind_of};
 use super::kv::{Event, EventKind, KeyValue, Kv};
 use super::{Error, Revision};
 use crate::schema::{MachineId, MachineRecord, ScheduledUnit, UnitRecord, UnitStateRecord};
@@ -89,8 +92,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A decoder: (full key, raw value) → value, `None` to skip a bad one.
-type DecodeFn<T> = Arc<dyn Fn(&str, &[u8]) -> Option<T> + Send + Sync>;
+/// A decoder: stored key-value → value, `None` to skip a bad one.
+type DecodeFn<T> = Arc<dyn Fn(&KeyValue) -> Option<T> + Send + Sync>;
 
 /// What the reflector and its stores share.
 struct Shared<T> {
@@ -244,6 +247,17 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
         kv: K,
         prefix: impl Into<String>,
         decode: impl Fn(&str, &[u8]) -> Option<T> + Send + Sync + 'static,
+    ) -> (Self, Store<T>) {
+        Reflector::new_kv(kv, prefix, move |kv: &KeyValue| decode(&kv.key, &kv.value))
+    }
+
+    /// [`Reflector::new`] with a decoder of the whole stored key-value (its
+    /// lease and revisions too), e.g. to treat a leader key without a lease
+    /// as stale.
+    pub fn new_kv(
+        kv: K,
+        prefix: impl Into<String>,
+        decode: impl Fn(&KeyValue) -> Option<T> + Send + Sync + 'static,
     ) -> (Self, Store<T>) {
         let (changed, _) = watch::channel(Revision(0));
         let shared = Arc::new(Shared {
@@ -428,10 +442,15 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
         }
     }
 
-    fn decode(&self, key: &str, value: &[u8]) -> Option<Arc<T>> {
-        let decoded = (self.decode)(key, value);
+    fn decode(&self, kv: &KeyValue) -> Option<Arc<T>> {
+        let decoded = (self.decode)(kv);
         if decoded.is_none() {
-            warn!(key, prefix = %self.prefix, "cache skips a value it cannot decode");
+            invalid::skipped(
+                kind_of(&kv.key),
+                &kv.key,
+                kv.mod_revision,
+                &format_args!("the cache of {} cannot decode it", self.prefix),
+            );
         }
         decoded.map(Arc::new)
     }
@@ -440,7 +459,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
     fn replace(&self, kvs: &[KeyValue], revision: Revision) {
         let map: BTreeMap<String, Arc<T>> = kvs
             .iter()
-            .filter_map(|kv| Some((kv.key.clone(), self.decode(&kv.key, &kv.value)?)))
+            .filter_map(|kv| Some((kv.key.clone(), self.decode(kv)?)))
             .collect();
         *self.shared.lock() = (Arc::new(map), revision);
         self.shared.changed.send_replace(revision);
@@ -461,7 +480,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
             .into_iter()
             .map(|e| {
                 let value = match e.kind {
-                    EventKind::Put => self.decode(&e.kv.key, &e.kv.value),
+                    EventKind::Put => self.decode(&e.kv),
                     EventKind::Delete => None,
                 };
                 (e.kv.key, value)
@@ -528,19 +547,27 @@ pub enum Record {
     Leader(MachineId),
 }
 
-/// A decoder of every key of the layout into a [`Record`]; keys outside it
-/// and bad values are skipped (and logged by the reflector).
+/// A decoder of every key of the layout into a [`Record`]; keys outside it,
+/// bad values and records that name another unit or machine than their key
+/// are skipped (and logged and counted by the reflector).
 pub fn records(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<Record> + Send + Sync + 'static {
     move |key, value| {
         let text = || std::str::from_utf8(value).ok();
         Some(match keys.parse(key)? {
-            ParsedKey::Machine(_) => Record::Machine(json(key, value)?),
+            ParsedKey::Machine(id) => {
+                let record: MachineRecord = json(key, value)?;
+                // A record naming another machine than its key is not ours.
+                Record::Machine((record.id == id).then_some(record)?)
+            }
             ParsedKey::Metadata { machine, key } => Record::Metadata {
                 machine,
                 key,
                 value: text()?.to_owned(),
             },
-            ParsedKey::Unit(_) => Record::Unit(json(key, value)?),
+            ParsedKey::Unit(name) => {
+                let record: UnitRecord = json(key, value)?;
+                Record::Unit((record.name == name).then_some(record)?)
+            }
             ParsedKey::Target(unit) => Record::Target {
                 unit,
                 machine: text()?.parse().ok()?,
@@ -550,7 +577,11 @@ pub fn records(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<Record> + Send + Sy
                 unit,
                 entry: json(key, value)?,
             },
-            ParsedKey::State { .. } => Record::State(json(key, value)?),
+            ParsedKey::State { unit, machine } => {
+                let record: UnitStateRecord = json(key, value)?;
+                let matches = record.name == unit && record.machine_id == machine;
+                Record::State(matches.then_some(record)?)
+            }
             ParsedKey::Leader => Record::Leader(text()?.parse().ok()?),
         })
     }

@@ -8,9 +8,26 @@
 //!   are the exception: once created they run until they end with an error
 //!   the consumer handles; HTTP/2 keep-alive pings (every 10 s while a stream
 //!   is open, the server's minimum being 5 s) break a dead connection.
-//! - `list` reads pages of 1000 keys, every page after the first at the
-//!   first page's revision, so the result is one consistent snapshot. If a
-//!   compaction overtakes it between pages it starts over (twice at most).
+//! - **Sizes.** A value may be as large as etcd's `--max-request-bytes`
+//!   (1.5 MiB by default), and a listing has no size limit at all, while
+//!   gRPC clients refuse messages over 4 MiB by default. So responses are
+//!   accepted up to [`MAX_MESSAGE`] (256 MiB, far beyond any single value
+//!   etcd takes), and no response is allowed to grow with the store:
+//!   - `list` reads in pages (a range with a limit, continuing after the
+//!     last key), every page after the first at the first page's revision,
+//!     so the result is one consistent snapshot. If a compaction overtakes
+//!     it between pages it starts over (twice at most). Pages are sized by
+//!     bytes: the first holds [`FIRST_PAGE`] keys, each later one as many as
+//!     fit [`PAGE_BYTES`] at the largest key-value seen so far (at most
+//!     [`MAX_PAGE`]); a page refused as too large is asked again at half
+//!     the limit. Paging continues after the last key's raw bytes.
+//!   - watches ask etcd to fragment large responses (`fragment`: etcd
+//!     splits a response over `--max-request-bytes` into several), and the
+//!     fragments of one response are put back together before they are
+//!     delivered, so a batch never ends inside a revision.
+//! - **Keys that are not UTF-8** cannot be ours (every key fleet writes is
+//!   a string): they are left out of every result, logged and counted as
+//!   data fleet did not write (see [`super::invalid`]).
 //! - `keep_alive` opens a keep-alive stream for one refresh. `etcd-client`
 //!   consumes the first answer itself (and reports a missing lease), so a
 //!   second exchange on the same stream reads the granted TTL.
@@ -39,13 +56,29 @@ use std::time::Duration;
 use etcd_client as ec;
 use tokio::time::{Instant, Interval};
 
+use super::keys::kind_of;
 use super::kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
-use super::{Error, Result, Revision};
+use super::{Error, Result, Revision, invalid};
 
-/// Keys per page when listing.
-const PAGE: usize = 1000;
+/// The largest gRPC message accepted from etcd. One value is at most etcd's
+/// `--max-request-bytes` (1.5 MiB by default; etcd advises against more
+/// than 10 MiB), and every response here is a page or a watch fragment
+/// sized near [`PAGE_BYTES`] or that limit, so 256 MiB leaves a margin of
+/// more than 25 times the largest sensible setting. Memory is allocated per
+/// message received, not up front.
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+/// The bytes (keys and values) a listing page aims at.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// Keys in the first page of a listing, before any size is known: small,
+/// so that a store of maximal values still answers it quickly.
+pub const FIRST_PAGE: usize = 16;
+
+/// The most keys in one listing page.
+pub const MAX_PAGE: usize = 1000;
 
 /// How often a watch asks for a progress notification.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -291,14 +324,62 @@ fn with_requested(e: Error, requested: i64) -> Error {
     }
 }
 
-fn convert_kv(kv: &ec::KeyValue) -> KeyValue {
-    KeyValue {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
+/// Our form of a stored key-value; `None` (logged and counted) for a key
+/// that is not UTF-8, which fleet never writes.
+fn convert_kv(kv: &ec::KeyValue) -> Option<KeyValue> {
+    let key = match std::str::from_utf8(kv.key()) {
+        Ok(key) => key.to_owned(),
+        Err(e) => {
+            let shown = String::from_utf8_lossy(kv.key());
+            invalid::skipped(
+                kind_of(&shown),
+                &shown,
+                kv.mod_revision(),
+                &format_args!("the key is not UTF-8: {e}"),
+            );
+            return None;
+        }
+    };
+    Some(KeyValue {
+        key,
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
         lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
+    })
+}
+
+/// Whether a request failed because its response was too large to accept
+/// (over [`MAX_MESSAGE`] here, or over what etcd will send).
+fn too_large(e: &ec::Error) -> bool {
+    match e {
+        ec::Error::GRpcStatus(status) => {
+            let c = i32::from(status.code());
+            c == code::RESOURCE_EXHAUSTED
+                || (c == code::OUT_OF_RANGE
+                    && status.message().contains("message length too large"))
+        }
+        _ => false,
     }
+}
+
+/// One page of a range read, with what paging needs beyond [`RangePage`].
+struct RawPage {
+    /// The page, keys that are not UTF-8 left out.
+    page: RangePage,
+    /// The raw bytes of the last key read (whether kept or not), to
+    /// continue after.
+    last: Option<Vec<u8>>,
+    /// The largest key plus value in the page, in bytes.
+    largest: usize,
+}
+
+/// The key right after `key` in etcd's order (`key` + `\0`).
+fn after_key(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
 }
 
 /// The end of the range of keys starting with `prefix` (`\0`, meaning "no
@@ -408,6 +489,127 @@ impl EtcdKv {
         &self.client
     }
 
+    /// A KV client accepting responses up to [`MAX_MESSAGE`].
+    fn kv_client(&self) -> ec::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A watch client accepting responses up to [`MAX_MESSAGE`].
+    fn watch_client(&self) -> ec::WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Read up to `limit` keys from `start` to the end of `prefix`, at `at`
+    /// (or the current revision); `Ok(None)` if the response would be too
+    /// large to accept, so the caller can ask for fewer keys.
+    async fn range_raw(
+        &self,
+        prefix: &str,
+        start: Vec<u8>,
+        limit: usize,
+        at: Option<Revision>,
+    ) -> Result<Option<RawPage>> {
+        let mut options = ec::GetOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(at) = at {
+            options = options.with_revision(at.0);
+        }
+        let mut kv = self.kv_client();
+        let op = || format!("reading {prefix}");
+        let resp = match tokio::time::timeout(self.timeout, kv.get(start, Some(options))).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) if too_large(&e) => return Ok(None),
+            Ok(Err(e)) => return Err(with_requested(map_err(op(), e), at.map_or(0, |r| r.0))),
+            Err(elapsed) => {
+                return Err(Error::Unavailable {
+                    op: op(),
+                    source: Box::new(elapsed),
+                });
+            }
+        };
+        let revision = match at {
+            Some(r) if r.0 > 0 => r,
+            _ => Revision(header_revision(resp.header())),
+        };
+        let largest = resp
+            .kvs()
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len())
+            .max()
+            .unwrap_or(0);
+        Ok(Some(RawPage {
+            last: resp.kvs().last().map(|kv| kv.key().to_vec()),
+            largest,
+            page: RangePage {
+                kvs: resp.kvs().iter().filter_map(convert_kv).collect(),
+                more: resp.more(),
+                revision,
+            },
+        }))
+    }
+
+    /// [`EtcdKv::range_raw`], halving `limit` while the response is too
+    /// large (down to one key, which always fits: see [`MAX_MESSAGE`]).
+    async fn range_fitting(
+        &self,
+        prefix: &str,
+        start: &[u8],
+        mut limit: usize,
+        at: Option<Revision>,
+    ) -> Result<RawPage> {
+        loop {
+            if let Some(page) = self.range_raw(prefix, start.to_vec(), limit, at).await? {
+                return Ok(page);
+            }
+            if limit <= 1 {
+                return Err(Error::Rejected {
+                    op: format!("reading {prefix}"),
+                    source: Box::new(Msg(format!(
+                        "one key-value is larger than the {MAX_MESSAGE} bytes accepted from etcd"
+                    ))),
+                });
+            }
+            limit /= 2;
+            tracing::debug!(
+                prefix,
+                limit,
+                "range response too large; asking for fewer keys"
+            );
+        }
+    }
+
+    /// One listing attempt: every page at the first page's revision.
+    async fn list_once(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let first = self
+            .range_fitting(prefix, &prefix_start(prefix), FIRST_PAGE, None)
+            .await?;
+        let revision = first.page.revision;
+        let mut largest = first.largest;
+        let mut all = first.page.kvs;
+        let mut more = first.page.more;
+        let mut last = first.last;
+        while more {
+            let Some(after) = last.take() else {
+                break;
+            };
+            // As many keys as fit the page budget at the largest size seen.
+            let fit = (PAGE_BYTES / largest.max(1)).clamp(1, MAX_PAGE);
+            let page = self
+                .range_fitting(prefix, &after_key(&after), fit, Some(revision))
+                .await?;
+            largest = largest.max(page.largest);
+            all.extend(page.page.kvs);
+            more = page.page.more;
+            last = page.last;
+        }
+        Ok((all, revision))
+    }
+
     /// Compact etcd's history before `rev` (physically, so it has happened
     /// when this returns). It affects the whole keyspace, not a prefix.
     pub async fn compact(&self, rev: Revision) -> Result<()> {
@@ -468,11 +670,11 @@ fn convert_op(op: Op) -> ec::TxnOp {
 
 impl Kv for EtcdKv {
     async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         let resp = self
             .call(|| format!("reading {key}"), kv.get(key, None))
             .await?;
-        let found = resp.kvs().first().map(convert_kv);
+        let found = resp.kvs().first().and_then(convert_kv);
         Ok((found, Revision(header_revision(resp.header()))))
     }
 
@@ -484,57 +686,32 @@ impl Kv for EtcdKv {
         at: Option<Revision>,
     ) -> Result<RangePage> {
         let start = match after {
-            Some(a) => {
-                let mut k = a.as_bytes().to_vec();
-                k.push(0);
-                k
-            }
+            Some(a) => after_key(a.as_bytes()),
             None => prefix_start(prefix),
         };
-        let mut options = ec::GetOptions::new()
-            .with_range(prefix_end(prefix.as_bytes()))
-            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(at) = at {
-            options = options.with_revision(at.0);
+        // `limit` 0 means "no limit" to etcd: one response for everything,
+        // which may not fit; `list` pages instead.
+        match self.range_raw(prefix, start, limit, at).await? {
+            Some(raw) => Ok(raw.page),
+            None => Err(Error::Rejected {
+                op: format!("reading {prefix}"),
+                source: Box::new(Msg(format!(
+                    "the response to a range of {limit} keys is larger than the {MAX_MESSAGE} bytes accepted from etcd"
+                ))),
+            }),
         }
-        let mut kv = self.client.kv_client();
-        let resp = self
-            .call(|| format!("reading {prefix}"), kv.get(start, Some(options)))
-            .await
-            .map_err(|e| with_requested(e, at.map_or(0, |r| r.0)))?;
-        let revision = match at {
-            Some(r) if r.0 > 0 => r,
-            _ => Revision(header_revision(resp.header())),
-        };
-        Ok(RangePage {
-            kvs: resp.kvs().iter().map(convert_kv).collect(),
-            more: resp.more(),
-            revision,
-        })
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
         let mut attempt = 0;
-        'snapshot: loop {
+        loop {
             attempt += 1;
-            let first = self.range(prefix, None, PAGE, None).await?;
-            let revision = first.revision;
-            let mut all = first.kvs;
-            let mut more = first.more;
-            while more {
-                let Some(last) = all.last().map(|kv| kv.key.clone()) else {
-                    break;
-                };
-                match self.range(prefix, Some(&last), PAGE, Some(revision)).await {
-                    Ok(page) => {
-                        all.extend(page.kvs);
-                        more = page.more;
-                    }
-                    Err(Error::Compacted { .. }) if attempt < 3 => continue 'snapshot,
-                    Err(e) => return Err(e),
+            match self.list_once(prefix).await {
+                Err(Error::Compacted { .. }) if attempt < 3 => {
+                    tracing::debug!(prefix, "listing overtaken by a compaction; starting over");
                 }
+                result => return result,
             }
-            return Ok((all, revision));
         }
     }
 
@@ -557,7 +734,7 @@ impl Kv for EtcdKv {
             )
             .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         let resp = self
             .call(|| "running a transaction".to_owned(), kv.txn(request))
             .await
@@ -566,7 +743,7 @@ impl Kv for EtcdKv {
         let mut deleted = Vec::new();
         for r in resp.op_responses() {
             match r {
-                ec::TxnOpResponse::Get(g) => gets.push(g.kvs().first().map(convert_kv)),
+                ec::TxnOpResponse::Get(g) => gets.push(g.kvs().first().and_then(convert_kv)),
                 ec::TxnOpResponse::Delete(d) => deleted.push(d.deleted()),
                 ec::TxnOpResponse::Put(_) | ec::TxnOpResponse::Txn(_) => {}
             }
@@ -638,8 +815,9 @@ impl Kv for EtcdKv {
         let options = ec::WatchOptions::new()
             .with_range(prefix_end(prefix.as_bytes()))
             .with_start_revision(from.0)
-            .with_progress_notify();
-        let mut client = self.client.watch_client();
+            .with_progress_notify()
+            .with_fragment();
+        let mut client = self.watch_client();
         let mut stream = self
             .call(
                 || op.clone(),
@@ -709,11 +887,40 @@ struct Watching {
     done: bool,
 }
 
+/// The events of one watch response (or of the fragments of one), and the
+/// revision of its last event.
+#[derive(Default)]
+struct Batch {
+    /// The events, keys that are not UTF-8 left out.
+    events: Vec<Event>,
+    /// `mod_revision` of the last event received, kept or not.
+    last: Option<i64>,
+}
+
+impl Batch {
+    /// Add the events of one response (or fragment).
+    fn extend(&mut self, resp: &ec::WatchResponse) {
+        for e in resp.events() {
+            let Some(kv) = e.kv() else { continue };
+            self.last = Some(kv.mod_revision());
+            let kind = match e.event_type() {
+                ec::EventType::Put => EventKind::Put,
+                ec::EventType::Delete => EventKind::Delete,
+            };
+            if let Some(kv) = convert_kv(kv) {
+                self.events.push(Event { kind, kv });
+            }
+        }
+    }
+}
+
 impl Watching {
     async fn step(mut self) -> Option<(Result<(Vec<Event>, Revision)>, Self)> {
         if self.done {
             return None;
         }
+        // Fragments of one response, gathered until its last one.
+        let mut batch = Batch::default();
         loop {
             tokio::select! {
                 msg = self.responses.message() => {
@@ -723,28 +930,20 @@ impl Watching {
                             Err(canceled(&self.op, self.next, &resp))
                         }
                         Ok(Some(resp)) => {
-                            let events: Vec<Event> = resp
-                                .events()
-                                .iter()
-                                .filter_map(|e| {
-                                    let kind = match e.event_type() {
-                                        ec::EventType::Put => EventKind::Put,
-                                        ec::EventType::Delete => EventKind::Delete,
-                                    };
-                                    Some(Event { kind, kv: convert_kv(e.kv()?) })
-                                })
-                                .collect();
+                            batch.extend(&resp);
+                            if resp.0.fragment {
+                                continue;
+                            }
                             // For events, the last one's revision is what has
                             // surely been delivered (a batch's header may be
                             // ahead of events still to come); for a progress
                             // notification, its header.
-                            let reached = match events.last() {
-                                Some(e) => e.kv.mod_revision,
-                                None => header_revision(resp.header()),
-                            }
-                            .max(self.next - 1);
+                            let reached = batch
+                                .last
+                                .unwrap_or_else(|| header_revision(resp.header()))
+                                .max(self.next - 1);
                             self.next = reached + 1;
-                            Ok((events, Revision(reached)))
+                            Ok((std::mem::take(&mut batch.events), Revision(reached)))
                         }
                         Ok(None) => {
                             self.done = true;

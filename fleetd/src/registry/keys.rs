@@ -189,6 +189,17 @@ impl Keys {
         self.join(&[dir::LEADER])
     }
 
+    /// The kind of a full key under our prefix (see [`kind_of`]); `other`
+    /// outside the prefix or the layout.
+    pub fn kind(&self, key: &str) -> &'static str {
+        let Some(rel) = key.strip_prefix(self.prefix.as_str()) else {
+            return "other";
+        };
+        let mut segments = rel.split('/');
+        let first = segments.next().unwrap_or_default();
+        dir_kind(first, segments.next()).unwrap_or("other")
+    }
+
     /// What a full key is, or `None` if it is not one of ours (outside the
     /// prefix, an unknown directory, or a unit name or machine ID that does not
     /// parse).
@@ -229,6 +240,40 @@ impl Keys {
         }
         None
     }
+}
+
+/// The kind of a key, as the `kind` label of
+/// `fleet_registry_invalid_values_total` names it: `machine`, `metadata`,
+/// `unit`, `target`, `schedule`, `state`, `leader`, or `other` for a key
+/// outside the layout. Use [`Keys::kind`] where the prefix is known.
+///
+/// Without the prefix, the kind is that of the first path segment naming one
+/// of our directories, which is right for any prefix that does not itself
+/// contain such a segment (the default `/_coreos.com/fleet/` does not). The
+/// caches and the etcd driver use this: they see a key, not a layout.
+pub fn kind_of(key: &str) -> &'static str {
+    let mut segments = key.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if let Some(kind) = dir_kind(segment, segments.peek().copied()) {
+            return kind;
+        }
+    }
+    "other"
+}
+
+/// The kind of a directory segment (`engine` only when followed by
+/// `leader`).
+fn dir_kind(segment: &str, next: Option<&str>) -> Option<&'static str> {
+    Some(match segment {
+        "machines" => "machine",
+        "metadata" => "metadata",
+        "units" => "unit",
+        "targets" => "target",
+        "schedule" => "schedule",
+        "states" => "state",
+        "engine" if next.is_some_and(|n| n.starts_with("leader")) => "leader",
+        _ => return None,
+    })
 }
 
 /// A unit name from a key part; never one containing `/` (it would make the
@@ -313,6 +358,28 @@ mod tests {
         for (key, want) in cases {
             assert_eq!(k.parse(&key), Some(want), "{key}");
         }
+    }
+
+    #[test]
+    fn kinds_name_the_directory() {
+        let k = Keys::new("/p/");
+        let unit = u("a.service");
+        for (key, kind) in [
+            (k.machine(&m("m1")), "machine"),
+            (k.metadata(&m("m1"), "units/x"), "metadata"),
+            (k.unit(&unit), "unit"),
+            (k.target(&unit), "target"),
+            (k.scheduled(&m("units"), &unit), "schedule"),
+            (k.state(&unit, &m("m1")), "state"),
+            (k.leader(), "leader"),
+            ("/p/engine/other".to_owned(), "other"),
+            ("/p/junk".to_owned(), "other"),
+        ] {
+            assert_eq!(k.kind(&key), kind, "{key}");
+            assert_eq!(kind_of(&key), kind, "{key}");
+        }
+        assert_eq!(k.kind("/q/units/a.service"), "other");
+        assert_eq!(kind_of("/_coreos.com/fleet/units/\u{fffd}"), "unit");
     }
 
     #[test]

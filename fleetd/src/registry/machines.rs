@@ -7,13 +7,20 @@
 //! expire); another host that happens to have the same machine ID presents
 //! another token and is refused. Every write is a transaction on the key's
 //! `mod_revision` (0 when absent), retried a few times when it races.
+//!
+//! A value that is not a machine record for its key (garbage, the wrong
+//! JSON, a record naming another machine) is skipped by every read as if
+//! absent, and registration takes such a key over like a vacant one: it
+//! carries no token, so no fleetd owns it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::keys::ParsedKey;
 use super::kv::{Compare, KeyValue, Op, Txn};
-use super::{Error, Kv, LeaseId, Listing, Registry, Result, Revision, decode_json, encode_json};
+use super::{
+    Error, Kv, LeaseId, Listing, Registry, Result, Revision, decode_json, encode_json, mismatch,
+};
 use crate::schema::{MachineId, MachineRecord};
 
 /// How often a registration retries after losing a race on the key.
@@ -72,13 +79,14 @@ impl<K: Kv> Registry<K> {
         let value = encode_json(record);
         for _ in 0..REGISTER_ATTEMPTS {
             let (current, _) = self.kv.get(&key).await?;
-            if let Some(kv) = &current {
-                let existing: MachineRecord = decode_json(&kv.key, &kv.value)?;
-                if existing.token != record.token {
-                    return Err(Error::MachineIdInUse {
-                        machine: record.id.to_string(),
-                    });
-                }
+            // A record fleet did not write carries no token: take it over.
+            if let Some(kv) = &current
+                && let Some(existing) = self.machine_record(kv)
+                && existing.token != record.token
+            {
+                return Err(Error::MachineIdInUse {
+                    machine: record.id.to_string(),
+                });
             }
             let expect = current.as_ref().map_or(0, |kv| kv.mod_revision);
             let resp = self
@@ -108,7 +116,21 @@ impl<K: Kv> Registry<K> {
     /// One machine's record.
     pub async fn machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
         let (found, _) = self.kv.get(&self.keys.machine(id)).await?;
-        found.map(|kv| decode_json(&kv.key, &kv.value)).transpose()
+        Ok(found.and_then(|kv| self.machine_record(&kv)))
+    }
+
+    /// The machine record stored in `kv`, if it is one (see the module docs).
+    fn machine_record(&self, kv: &KeyValue) -> Option<MachineRecord> {
+        self.valid(kv, |kv| {
+            let record: MachineRecord = decode_json(&kv.key, &kv.value)?;
+            match self.keys.parse(&kv.key) {
+                Some(ParsedKey::Machine(id)) if id == record.id => Ok(record),
+                Some(ParsedKey::Machine(_)) => {
+                    Err(mismatch(&kv.key, "the record names another machine"))
+                }
+                _ => Err(mismatch(&kv.key, "not a machine key")),
+            }
+        })
     }
 
     /// Every live machine, sorted by ID (config metadata only; see
@@ -118,8 +140,8 @@ impl<K: Kv> Registry<K> {
         // Keys are `machines/<id>`: key order is ID order.
         let items = kvs
             .iter()
-            .map(|kv| decode_json(&kv.key, &kv.value))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|kv| self.machine_record(kv))
+            .collect();
         Ok(Listing { items, revision })
     }
 
@@ -148,17 +170,19 @@ impl<K: Kv> Registry<K> {
         let (kvs, _) = self.kv.list(&self.keys.metadata_prefix()).await?;
         let mut all: BTreeMap<MachineId, BTreeMap<String, String>> = BTreeMap::new();
         for kv in kvs {
-            let Some(ParsedKey::Metadata { machine, key }) = self.keys.parse(&kv.key) else {
-                return Err(Error::Decode {
-                    key: kv.key,
-                    source: "unexpected key in the registry layout".into(),
-                });
-            };
-            let value = String::from_utf8(kv.value).map_err(|e| Error::Decode {
-                key: kv.key.clone(),
-                source: Box::new(e),
-            })?;
-            all.entry(machine).or_default().insert(key, value);
+            let decoded = self.valid(&kv, |kv| {
+                let Some(ParsedKey::Metadata { machine, key }) = self.keys.parse(&kv.key) else {
+                    return Err(mismatch(&kv.key, "unexpected key in the registry layout"));
+                };
+                let value = std::str::from_utf8(&kv.value).map_err(|e| Error::Decode {
+                    key: kv.key.clone(),
+                    source: Box::new(e),
+                })?;
+                Ok((machine, key, value.to_owned()))
+            });
+            if let Some((machine, key, value)) = decoded {
+                all.entry(machine).or_default().insert(key, value);
+            }
         }
         Ok(all)
     }

@@ -20,6 +20,8 @@
 //!   typed operations of [`Registry`], one concern per file.
 //! - `cache.rs`: a watched, typed cache of a key prefix (list, then watch from
 //!   the next revision; relist on compaction), read through cheap snapshots.
+//! - `invalid.rs`: what every reader does with a value fleet did not write
+//!   (garbage, the wrong JSON, non-UTF-8 bytes): skip it, log it, count it.
 //!
 //! Why not one trait per concern implemented twice, as the original's
 //! 24-method registry interface was? Because that is exactly where its fake and
@@ -28,6 +30,7 @@
 
 pub mod cache;
 pub mod etcd;
+pub mod invalid;
 pub mod keys;
 pub mod kv;
 pub mod leader;
@@ -39,7 +42,7 @@ pub mod units;
 
 pub use cache::{Reflector, Store};
 pub use etcd::EtcdKv;
-pub use keys::{Keys, ParsedKey};
+pub use keys::{Keys, ParsedKey, kind_of};
 pub use kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
@@ -184,6 +187,16 @@ where
     s.parse().map_err(|e: T::Err| decode(Box::new(e)))
 }
 
+/// A `Decode` error for a value whose content does not fit its key (a
+/// record naming another unit or machine than its key does, a key of the
+/// wrong shape).
+fn mismatch(key: &str, why: &'static str) -> Error {
+    Error::Decode {
+        key: key.to_owned(),
+        source: why.into(),
+    }
+}
+
 /// Encode a record as JSON.
 fn encode_json<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record)
@@ -217,5 +230,23 @@ impl<K: Kv> Registry<K> {
     /// The key builder.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// `decode(kv)`, or `None` when the value is not one fleet wrote: it is
+    /// then skipped as if absent, logged and counted by kind of key (see
+    /// [`invalid`]). Every read of the registry decodes through this, so one
+    /// bad value never fails a read of the good ones.
+    fn valid<T>(&self, kv: &KeyValue, decode: impl FnOnce(&KeyValue) -> Result<T>) -> Option<T> {
+        match decode(kv) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let why = match std::error::Error::source(&error) {
+                    Some(cause) => cause.to_string(),
+                    None => error.to_string(),
+                };
+                invalid::skipped(self.keys.kind(&kv.key), &kv.key, kv.mod_revision, &why);
+                None
+            }
+        }
     }
 }

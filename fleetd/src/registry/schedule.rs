@@ -18,6 +18,10 @@
 //! its final value (etcd refuses a key written twice in one transaction).
 //! Change sets larger than one transaction are not atomic: a deposed leader
 //! may leave a prefix of its changes, which the next leader reconciles.
+//!
+//! Reads skip what fleet did not write (a value that does not decode, a key
+//! of the wrong shape) as if it were absent; a placement written over such a
+//! value replaces it.
 
 use std::collections::HashMap;
 
@@ -27,6 +31,7 @@ use super::keys::ParsedKey;
 use super::kv::{Compare, KeyValue, Op, Txn};
 use super::{
     Error, Fence, Kv, Listing, Registry, Result, Revision, decode_json, decode_str, encode_json,
+    mismatch,
 };
 use crate::schema::{MachineId, ScheduledUnit};
 
@@ -81,7 +86,7 @@ impl<K: Kv> Registry<K> {
     /// The machine a (non-global) unit is scheduled to.
     pub async fn target(&self, unit: &UnitName) -> Result<Option<MachineId>> {
         let (found, _) = self.kv.get(&self.keys.target(unit)).await?;
-        found.map(|kv| decode_str(&kv.key, &kv.value)).transpose()
+        Ok(found.and_then(|kv| self.valid(&kv, |kv| decode_str(&kv.key, &kv.value))))
     }
 
     /// Every non-global placement, sorted by unit name.
@@ -90,11 +95,13 @@ impl<K: Kv> Registry<K> {
         // Keys are `targets/<unit>`, so key order is unit-name order.
         let items = kvs
             .iter()
-            .map(|kv| match self.keys.parse(&kv.key) {
-                Some(ParsedKey::Target(unit)) => Ok((unit, decode_str(&kv.key, &kv.value)?)),
-                _ => Err(bad_key(kv)),
+            .filter_map(|kv| {
+                self.valid(kv, |kv| match self.keys.parse(&kv.key) {
+                    Some(ParsedKey::Target(unit)) => Ok((unit, decode_str(&kv.key, &kv.value)?)),
+                    _ => Err(bad_key(kv)),
+                })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(Listing { items, revision })
     }
 
@@ -106,28 +113,32 @@ impl<K: Kv> Registry<K> {
         let (kvs, revision) = self.kv.list(&self.keys.schedule_of(machine)).await?;
         let items = kvs
             .iter()
-            .map(|kv| match self.keys.parse(&kv.key) {
-                Some(ParsedKey::Scheduled { unit, .. }) => {
-                    Ok((unit, decode_json(&kv.key, &kv.value)?))
-                }
-                _ => Err(bad_key(kv)),
+            .filter_map(|kv| {
+                self.valid(kv, |kv| match self.keys.parse(&kv.key) {
+                    Some(ParsedKey::Scheduled { unit, .. }) => {
+                        Ok((unit, decode_json(&kv.key, &kv.value)?))
+                    }
+                    _ => Err(bad_key(kv)),
+                })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(Listing { items, revision })
     }
 
     /// The whole schedule (every machine), sorted by (machine, unit).
     pub async fn schedule(&self) -> Result<Listing<(MachineId, UnitName, ScheduledUnit)>> {
         let (kvs, revision) = self.kv.list(&self.keys.schedule_prefix()).await?;
-        let mut items = kvs
+        let mut items: Vec<_> = kvs
             .iter()
-            .map(|kv| match self.keys.parse(&kv.key) {
-                Some(ParsedKey::Scheduled { machine, unit }) => {
-                    Ok((machine, unit, decode_json(&kv.key, &kv.value)?))
-                }
-                _ => Err(bad_key(kv)),
+            .filter_map(|kv| {
+                self.valid(kv, |kv| match self.keys.parse(&kv.key) {
+                    Some(ParsedKey::Scheduled { machine, unit }) => {
+                        Ok((machine, unit, decode_json(&kv.key, &kv.value)?))
+                    }
+                    _ => Err(bad_key(kv)),
+                })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         // Key order is not (machine, unit) order: `-` and `.` sort before `/`.
         items.sort_by_cached_key(|(m, u, _)| (m.as_str().to_owned(), u.as_str().to_owned()));
         Ok(Listing { items, revision })
@@ -258,8 +269,5 @@ impl<K: Kv> Registry<K> {
 
 /// A key under one of our directories that is not shaped like its siblings.
 fn bad_key(kv: &KeyValue) -> Error {
-    Error::Decode {
-        key: kv.key.clone(),
-        source: "unexpected key in the registry layout".into(),
-    }
+    mismatch(&kv.key, "unexpected key in the registry layout")
 }

@@ -1,9 +1,17 @@
 //! Units: content and desired state at `units/<name>`.
+//!
+//! A value that is not a unit record for its key (garbage, the wrong JSON, a
+//! record naming another unit) is skipped as if absent: left out of
+//! listings, `None` for a get, `NotFound` for a change of desired state.
+//! Creating the unit again replaces it.
 
 use units::UnitName;
 
-use super::kv::{Compare, Op, Txn};
-use super::{Error, Kv, Listing, Registry, Result, Revision, Versioned, decode_json, encode_json};
+use super::keys::ParsedKey;
+use super::kv::{Compare, KeyValue, Op, Txn};
+use super::{
+    Error, Kv, Listing, Registry, Result, Revision, Versioned, decode_json, encode_json, mismatch,
+};
 use crate::schema::{TargetState, UnitRecord};
 
 impl<K: Kv> Registry<K> {
@@ -11,24 +19,31 @@ impl<K: Kv> Registry<K> {
     pub async fn unit(&self, name: &UnitName) -> Result<Option<Versioned<UnitRecord>>> {
         let key = self.keys.unit(name);
         let (found, _) = self.kv.get(&key).await?;
-        found
-            .map(|kv| {
-                Ok(Versioned {
-                    value: decode_json(&kv.key, &kv.value)?,
-                    mod_revision: Revision(kv.mod_revision),
-                })
+        Ok(found.and_then(|kv| {
+            Some(Versioned {
+                value: self.unit_record(&kv)?,
+                mod_revision: Revision(kv.mod_revision),
             })
-            .transpose()
+        }))
+    }
+
+    /// The unit record stored in `kv`, if it is one (see the module docs).
+    fn unit_record(&self, kv: &KeyValue) -> Option<UnitRecord> {
+        self.valid(kv, |kv| {
+            let record: UnitRecord = decode_json(&kv.key, &kv.value)?;
+            match self.keys.parse(&kv.key) {
+                Some(ParsedKey::Unit(name)) if name == record.name => Ok(record),
+                Some(ParsedKey::Unit(_)) => Err(mismatch(&kv.key, "the record names another unit")),
+                _ => Err(mismatch(&kv.key, "not a unit key")),
+            }
+        })
     }
 
     /// Every unit, sorted by name.
     pub async fn units(&self) -> Result<Listing<UnitRecord>> {
         let (kvs, revision) = self.kv.list(&self.keys.units_prefix()).await?;
         // Keys are `units/<name>`, so key order is name order.
-        let items = kvs
-            .iter()
-            .map(|kv| decode_json::<UnitRecord>(&kv.key, &kv.value))
-            .collect::<Result<Vec<_>>>()?;
+        let items = kvs.iter().filter_map(|kv| self.unit_record(kv)).collect();
         Ok(Listing { items, revision })
     }
 
@@ -67,7 +82,7 @@ impl<K: Kv> Registry<K> {
         if current.mod_revision != expect.0 {
             return Err(Error::Conflict { key });
         }
-        let mut record: UnitRecord = decode_json(&key, &current.value)?;
+        let mut record = self.unit_record(&current).ok_or_else(not_found)?;
         record.desired_state = state;
         let value = encode_json(&record);
         let resp = self
