@@ -195,11 +195,22 @@ impl DbusManager {
             Wait::Closed => return Err(bus.lost(method, Some(name))),
             Wait::Pending(rx) => rx,
         };
+        // Whether this wait ends, times out or is dropped by the caller, nothing is left
+        // waiting for the job.
+        let mut waiting = Waiting {
+            jobs: &bus.jobs,
+            job: &job,
+            rx: Some(rx),
+        };
+        let rx = waiting
+            .rx
+            .as_mut()
+            .expect("the receiver was just put there");
         match tokio::time::timeout(bus.timeout, rx).await {
             Ok(Ok(result)) => Ok(JobResult::parse(&result)),
             Ok(Err(_)) => Err(bus.lost(method, Some(name))),
             Err(_) => {
-                bus.jobs.forget(&job);
+                drop(waiting);
                 Err(Error::Timeout {
                     method,
                     unit: Some(name.to_owned()),
@@ -340,6 +351,21 @@ struct JobsInner {
     /// Recent results nobody waited for: (job path, result), oldest first.
     finished: VecDeque<(String, String)>,
     closed: bool,
+}
+
+/// A caller waiting for a job; dropping it (the caller stopped waiting, or gave up)
+/// unregisters the waiter, so a job that never ends leaves nothing behind.
+struct Waiting<'a> {
+    jobs: &'a Jobs,
+    job: &'a str,
+    rx: Option<oneshot::Receiver<String>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.jobs.forget(self.job);
+    }
 }
 
 enum Wait {

@@ -11,7 +11,14 @@
 //! a service whose `ExecStart` program is `false` fails (`Type=oneshot`: the job fails; any
 //! other type: the job is done and the unit ends up failed), and a `Type=oneshot` service
 //! ends `inactive`/`dead` (`active`/`exited` with `RemainAfterExit=yes`). States jump to
-//! their final value; there is no `activating`.
+//! their final value, with two exceptions that model slow and hanging units through `sleep`:
+//! a `Type=oneshot` service whose `ExecStart` is `sleep N` stays `activating`/`start` for N
+//! seconds (`sleep infinity`: until it is stopped, which leaves it `failed`, as systemd's kill
+//! does), and a service whose `ExecStop` is `sleep N` stays `deactivating`/`stop` for N seconds.
+//! Their jobs take that long (on tokio time, so paused-time tests can run them), and jobs merge
+//! and replace each other per unit as systemd's `replace` mode does: a second start (stop) joins
+//! the running start (stop) job; a stop replaces a start job, whose waiters get `canceled`; a
+//! start replaces a stop job and runs once the unit is down.
 //!
 //! Failures are scripted with [`FakeManager::fail_next`] and [`FakeManager::fail_next_with`];
 //! every call is recorded in [`FakeManager::calls`].
@@ -20,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::coalesce::{Coalescer, forward};
 use crate::files::check_name;
@@ -107,6 +116,49 @@ struct State {
     failures: Vec<(FakeMethod, Option<String>, FakeFailure)>,
     calls: Vec<(FakeMethod, Option<String>)>,
     subscribers: Vec<(UnitFilter, Arc<Coalescer<Option<UnitStatus>>>)>,
+    /// Jobs that take time (see the module docs), at most one per unit as in systemd.
+    jobs: BTreeMap<String, Job>,
+    /// The transition each unit is in (`activating` or `deactivating` on a timer), by a
+    /// number that tells a stale timer from the current one.
+    timers: BTreeMap<String, u64>,
+    /// The last timer number handed out.
+    last_timer: u64,
+}
+
+/// A job that has not finished yet.
+struct Job {
+    /// What it does; a start that replaced a stop waits for the unit to be down.
+    kind: JobKind,
+    /// The callers waiting for its result.
+    waiters: Vec<oneshot::Sender<JobResult>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobKind {
+    Start,
+    Stop,
+}
+
+impl Job {
+    fn finish(self, result: &JobResult) {
+        for w in self.waiters {
+            // A caller that stopped waiting is fine: the job ran anyway.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// How long a `sleep` in `ExecStart`/`ExecStop` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sleep {
+    For(Duration),
+    Forever,
+}
+
+/// What a start or stop call does next: answer now, or wait for the job.
+enum Begun {
+    Now(JobResult),
+    Wait(oneshot::Receiver<JobResult>),
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +275,29 @@ struct ServiceModel {
     oneshot: bool,
     remain_after_exit: bool,
     fails: bool,
+    /// `ExecStart=sleep …`: how long a oneshot's start takes.
+    start_sleep: Option<Sleep>,
+    /// `ExecStop=sleep …`: how long a stop takes.
+    stop_sleep: Option<Sleep>,
+}
+
+/// The duration of a command line that is `sleep N` or `sleep infinity`.
+fn sleep_of(command: &str) -> Option<Sleep> {
+    let mut words = command
+        .trim_start_matches(['-', '@', '+', '!', ':'])
+        .split_whitespace();
+    if words.next()?.rsplit('/').next()? != "sleep" {
+        return None;
+    }
+    match words.next()? {
+        "infinity" => Some(Sleep::Forever),
+        n => n
+            .trim_end_matches('s')
+            .parse::<f64>()
+            .ok()
+            .filter(|secs| secs.is_finite() && *secs >= 0.0)
+            .map(|secs| Sleep::For(Duration::from_secs_f64(secs))),
+    }
 }
 
 impl ServiceModel {
@@ -231,6 +306,8 @@ impl ServiceModel {
             oneshot: false,
             remain_after_exit: false,
             fails: false,
+            start_sleep: None,
+            stop_sleep: None,
         };
         let mut in_service = false;
         for line in text.lines().map(str::trim) {
@@ -250,7 +327,9 @@ impl ServiceModel {
                 "RemainAfterExit" => {
                     model.remain_after_exit = matches!(value, "yes" | "true" | "1" | "on");
                 }
+                "ExecStop" => model.stop_sleep = sleep_of(value),
                 "ExecStart" => {
+                    model.start_sleep = sleep_of(value);
                     let program = value
                         .trim_start_matches(['-', '@', '+', '!', ':'])
                         .split_whitespace()
@@ -352,6 +431,243 @@ impl FakeManager {
     }
 }
 
+/// Jobs: the start and stop logic, and the timers of slow transitions.
+impl FakeManager {
+    fn begin_start(&self, name: &str) -> Result<Begun, Error> {
+        let mut state = self.lock();
+        let unit = Some(name);
+        let scripted = match state.enter(FakeMethod::StartUnit, unit) {
+            Some(FakeFailure::Job(result)) => Some(result),
+            Some(f) => return Err(fail(FakeMethod::StartUnit, unit, f)),
+            None => None,
+        };
+        state.touch(name);
+        if !state.defs.contains_key(name) {
+            return Err(no_such_unit(
+                FakeMethod::StartUnit,
+                name,
+                format!("Unit {name} not found."),
+            ));
+        }
+        if let Some(result) = scripted {
+            if result == JobResult::Failed {
+                state.set_runtime(name, "failed", "failed", 0);
+            }
+            return Ok(Begun::Now(result));
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(job) = state.jobs.get_mut(name) {
+            if job.kind == JobKind::Stop {
+                // The start replaces the stop job and runs once the unit is down.
+                let stop = std::mem::replace(
+                    job,
+                    Job {
+                        kind: JobKind::Start,
+                        waiters: Vec::new(),
+                    },
+                );
+                stop.finish(&JobResult::Canceled);
+            }
+            // A start joins the running start job.
+            if let Some(job) = state.jobs.get_mut(name) {
+                job.waiters.push(tx);
+            }
+            return Ok(Begun::Wait(rx));
+        }
+        match self.run_start(&mut state, name) {
+            Some(result) => Ok(Begun::Now(result)),
+            None => {
+                state.jobs.insert(
+                    name.to_owned(),
+                    Job {
+                        kind: JobKind::Start,
+                        waiters: vec![tx],
+                    },
+                );
+                Ok(Begun::Wait(rx))
+            }
+        }
+    }
+
+    /// Starts a loaded unit that has no job; `None`: it is activating, and its start job
+    /// ends when its timer fires.
+    fn run_start(&self, state: &mut State, name: &str) -> Option<JobResult> {
+        let text = state.defs.get(name).cloned().unwrap_or_default();
+        if state
+            .runtime
+            .get(name)
+            .is_some_and(|r| r.active == "active")
+        {
+            return Some(JobResult::Done);
+        }
+        if !name.ends_with(".service") {
+            state.set_runtime(name, "active", "active", 0);
+            return Some(JobResult::Done);
+        }
+        let model = ServiceModel::parse(&text);
+        Some(match (model.fails, model.oneshot) {
+            (true, true) => {
+                state.set_runtime(name, "failed", "failed", 0);
+                JobResult::Failed
+            }
+            (true, false) => {
+                state.set_runtime(name, "failed", "failed", 0);
+                JobResult::Done
+            }
+            (false, true) if model.start_sleep.is_some() => {
+                let pid = state.next_pid();
+                state.set_runtime(name, "activating", "start", pid);
+                self.arm(state, name, model.start_sleep);
+                return None;
+            }
+            (false, true) if model.remain_after_exit => {
+                state.set_runtime(name, "active", "exited", 0);
+                JobResult::Done
+            }
+            (false, true) => {
+                // It ran and exited; subscribers see it end inactive.
+                state.set_runtime(name, "inactive", "dead", 0);
+                JobResult::Done
+            }
+            (false, false) => {
+                let pid = state.next_pid();
+                state.set_runtime(name, "active", "running", pid);
+                JobResult::Done
+            }
+        })
+    }
+
+    fn begin_stop(&self, name: &str) -> Result<Begun, Error> {
+        let mut state = self.lock();
+        let unit = Some(name);
+        let scripted = match state.enter(FakeMethod::StopUnit, unit) {
+            Some(FakeFailure::Job(result)) => Some(result),
+            Some(f) => return Err(fail(FakeMethod::StopUnit, unit, f)),
+            None => None,
+        };
+        state.touch(name);
+        if !state.defs.contains_key(name) && !state.runtime.contains_key(name) {
+            return Err(no_such_unit(
+                FakeMethod::StopUnit,
+                name,
+                format!("Unit {name} not loaded."),
+            ));
+        }
+        if let Some(result) = scripted {
+            return Ok(Begun::Now(result));
+        }
+        let (tx, rx) = oneshot::channel();
+        let deactivating = state
+            .runtime
+            .get(name)
+            .is_some_and(|r| r.active == "deactivating");
+        if let Some(job) = state.jobs.remove(name) {
+            if job.kind == JobKind::Stop || deactivating {
+                // A stop joins the running stop; a start queued behind a stop is replaced
+                // and the stop goes on.
+                let waiters = match job.kind {
+                    JobKind::Stop => job.waiters,
+                    JobKind::Start => {
+                        job.finish(&JobResult::Canceled);
+                        Vec::new()
+                    }
+                };
+                let mut job = Job {
+                    kind: JobKind::Stop,
+                    waiters,
+                };
+                job.waiters.push(tx);
+                state.jobs.insert(name.to_owned(), job);
+                return Ok(Begun::Wait(rx));
+            }
+            // The stop replaces a start job: the process is killed, the unit failed.
+            job.finish(&JobResult::Canceled);
+            state.timers.remove(name);
+            state.set_runtime(name, "failed", "failed", 0);
+            return Ok(Begun::Now(JobResult::Done));
+        }
+        let running = state
+            .runtime
+            .get(name)
+            .is_some_and(|r| r.active != "failed");
+        if !running {
+            return Ok(Begun::Now(JobResult::Done));
+        }
+        let text = state.defs.get(name).cloned().unwrap_or_default();
+        let stop_sleep = ServiceModel::parse(&text).stop_sleep;
+        if stop_sleep.is_none() || !name.ends_with(".service") {
+            state.set_runtime(name, "inactive", "dead", 0);
+            return Ok(Begun::Now(JobResult::Done));
+        }
+        let pid = state.runtime.get(name).map_or(0, |r| r.main_pid);
+        state.set_runtime(name, "deactivating", "stop", pid);
+        state.jobs.insert(
+            name.to_owned(),
+            Job {
+                kind: JobKind::Stop,
+                waiters: vec![tx],
+            },
+        );
+        self.arm(&mut state, name, stop_sleep);
+        Ok(Begun::Wait(rx))
+    }
+
+    /// Ends the unit's current transition after `sleep` (never, for `sleep infinity`).
+    fn arm(&self, state: &mut State, name: &str, sleep: Option<Sleep>) {
+        state.last_timer += 1;
+        let id = state.last_timer;
+        state.timers.insert(name.to_owned(), id);
+        let Some(Sleep::For(after)) = sleep else {
+            return;
+        };
+        let fake = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            fake.transition_ended(&name, id);
+        });
+    }
+
+    /// A slow start or stop is over: the unit reaches its state and its job ends (a start
+    /// that waited for the unit to be down runs now).
+    fn transition_ended(&self, name: &str, id: u64) {
+        let mut state = self.lock();
+        if state.timers.get(name) != Some(&id) {
+            return;
+        }
+        state.timers.remove(name);
+        let active = state
+            .runtime
+            .get(name)
+            .map(|r| r.active.clone())
+            .unwrap_or_default();
+        if active == "activating" {
+            // The oneshot's command exited successfully.
+            let text = state.defs.get(name).cloned().unwrap_or_default();
+            if ServiceModel::parse(&text).remain_after_exit {
+                state.set_runtime(name, "active", "exited", 0);
+            } else {
+                state.set_runtime(name, "inactive", "dead", 0);
+            }
+        } else if active == "deactivating" {
+            state.set_runtime(name, "inactive", "dead", 0);
+        }
+        let Some(job) = state.jobs.remove(name) else {
+            return;
+        };
+        match job.kind {
+            JobKind::Stop => job.finish(&JobResult::Done),
+            JobKind::Start if active == "activating" => job.finish(&JobResult::Done),
+            JobKind::Start => match self.run_start(&mut state, name) {
+                Some(result) => job.finish(&result),
+                None => {
+                    state.jobs.insert(name.to_owned(), job);
+                }
+            },
+        }
+    }
+}
+
 impl SystemdManager for FakeManager {
     async fn load(&self, name: &str, file: &units::UnitFile) -> Result<(), Error> {
         check_name(name)?;
@@ -444,92 +760,18 @@ impl SystemdManager for FakeManager {
     }
 
     async fn start(&self, name: &str) -> Result<JobResult, Error> {
-        let mut state = self.lock();
-        let unit = Some(name);
-        let scripted = match state.enter(FakeMethod::StartUnit, unit) {
-            Some(FakeFailure::Job(result)) => Some(result),
-            Some(f) => return Err(fail(FakeMethod::StartUnit, unit, f)),
-            None => None,
-        };
-        state.touch(name);
-        let Some(text) = state.defs.get(name).cloned() else {
-            return Err(no_such_unit(
-                FakeMethod::StartUnit,
-                name,
-                format!("Unit {name} not found."),
-            ));
-        };
-        if let Some(result) = scripted {
-            if result == JobResult::Failed {
-                state.set_runtime(name, "failed", "failed", 0);
-            }
-            return Ok(result);
+        match self.begin_start(name)? {
+            Begun::Now(result) => Ok(result),
+            // A job is only dropped unfinished by another job replacing it.
+            Begun::Wait(rx) => Ok(rx.await.unwrap_or(JobResult::Canceled)),
         }
-        if state
-            .runtime
-            .get(name)
-            .is_some_and(|r| r.active == "active")
-        {
-            return Ok(JobResult::Done);
-        }
-        if !name.ends_with(".service") {
-            state.set_runtime(name, "active", "active", 0);
-            return Ok(JobResult::Done);
-        }
-        let model = ServiceModel::parse(&text);
-        Ok(match (model.fails, model.oneshot) {
-            (true, true) => {
-                state.set_runtime(name, "failed", "failed", 0);
-                JobResult::Failed
-            }
-            (true, false) => {
-                state.set_runtime(name, "failed", "failed", 0);
-                JobResult::Done
-            }
-            (false, true) if model.remain_after_exit => {
-                state.set_runtime(name, "active", "exited", 0);
-                JobResult::Done
-            }
-            (false, true) => {
-                // It ran and exited; subscribers see it end inactive.
-                state.set_runtime(name, "inactive", "dead", 0);
-                JobResult::Done
-            }
-            (false, false) => {
-                let pid = state.next_pid();
-                state.set_runtime(name, "active", "running", pid);
-                JobResult::Done
-            }
-        })
     }
 
     async fn stop(&self, name: &str) -> Result<JobResult, Error> {
-        let mut state = self.lock();
-        let unit = Some(name);
-        let scripted = match state.enter(FakeMethod::StopUnit, unit) {
-            Some(FakeFailure::Job(result)) => Some(result),
-            Some(f) => return Err(fail(FakeMethod::StopUnit, unit, f)),
-            None => None,
-        };
-        state.touch(name);
-        if !state.defs.contains_key(name) && !state.runtime.contains_key(name) {
-            return Err(no_such_unit(
-                FakeMethod::StopUnit,
-                name,
-                format!("Unit {name} not loaded."),
-            ));
+        match self.begin_stop(name)? {
+            Begun::Now(result) => Ok(result),
+            Begun::Wait(rx) => Ok(rx.await.unwrap_or(JobResult::Canceled)),
         }
-        if let Some(result) = scripted {
-            return Ok(result);
-        }
-        if state
-            .runtime
-            .get(name)
-            .is_some_and(|r| r.active != "failed")
-        {
-            state.set_runtime(name, "inactive", "dead", 0);
-        }
-        Ok(JobResult::Done)
     }
 
     async fn states(&self, names: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {

@@ -272,10 +272,20 @@ pub trait SystemdManager: Send + Sync + 'static {
     fn reload(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// `StartUnit(name, "replace")` and wait for the job's result.
+    ///
+    /// Jobs of different units run concurrently, and waiting for many at once never stalls
+    /// the connection. Jobs of one unit follow systemd's `replace` mode: a start while a
+    /// start job runs joins it; a start while a stop job runs replaces it (the stop's waiters
+    /// get [`JobResult::Canceled`]) and runs once the unit is down. A job may take as long as
+    /// the unit says (a `Type=oneshot` whose command never exits: forever); the wait ends
+    /// with [`Error::Timeout`] after the manager's job timeout, or when the job is replaced.
+    /// Dropping the future only stops waiting: the job goes on in systemd.
     fn start(&self, name: &str) -> impl Future<Output = Result<JobResult, Error>> + Send;
 
     /// `StopUnit(name, "replace")` and wait for the job's result. A unit systemd does not
-    /// know fails with an error for which [`Error::is_no_such_unit`] is true.
+    /// know fails with an error for which [`Error::is_no_such_unit`] is true. A stop while a
+    /// stop job runs joins it; a stop while a start job runs replaces it (the start's waiters
+    /// get [`JobResult::Canceled`]). Waiting is as for [`Self::start`].
     fn stop(&self, name: &str) -> impl Future<Output = Result<JobResult, Error>> + Send;
 
     /// The states of `names` in one `ListUnitsByNames` call. Every name gets an entry; names

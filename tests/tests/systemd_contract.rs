@@ -18,6 +18,11 @@ use tokio::sync::mpsc::Receiver;
 const SLEEP: &str =
     "[Unit]\nDescription=contract test service\n\n[Service]\nExecStart=/bin/sleep 1000\n";
 const FAILING: &str = "[Service]\nType=oneshot\nExecStart=/bin/false\n";
+/// A oneshot whose start job never ends: the unit stays `activating` until it is stopped.
+const HANGING: &str = "[Service]\nType=oneshot\nExecStart=/bin/sleep infinity\n";
+/// A service whose stop job takes 3 s (`deactivating` meanwhile).
+const SLOW_STOP: &str =
+    "[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 3\nTimeoutStopSec=60\n";
 const WANTED: &str =
     "[Service]\nExecStart=/bin/sleep 1000\n\n[Install]\nWantedBy=multi-user.target\n";
 
@@ -290,6 +295,88 @@ systemd_contract! {
         assert!(m.states(&[]).await?.is_empty());
         let files = m.unit_files().await?;
         assert!(names.iter().all(|n| files.contains_key(n)), "{:?}", files.keys());
+        Ok(())
+    }
+
+    async fn a_hanging_start_is_replaced_by_a_stop(fx) {
+        let m = fx.manager();
+        let name = "c-hang.service";
+        m.load(name, &unit(HANGING)).await?;
+        m.reload().await?;
+        let start = m.start(name);
+        tokio::pin!(start);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut start).await.is_err(),
+            "the start job of a oneshot that sleeps forever must not end"
+        );
+        assert_eq!(state_of(m, name).await?, status("loaded", "activating", "start"));
+        // Other units' jobs go on meanwhile, on the same connection.
+        let other = "c-hang-other.service";
+        m.load(other, &unit(SLEEP)).await?;
+        m.reload().await?;
+        assert_eq!(m.start(other).await?, JobResult::Done);
+        assert_eq!(m.stop(other).await?, JobResult::Done);
+        // A stop replaces the start job, whose waiter learns it was canceled.
+        let (started, stopped) = tokio::join!(start, m.stop(name));
+        assert_eq!(started?, JobResult::Canceled);
+        assert_eq!(stopped?, JobResult::Done);
+        // systemd kills the oneshot's process: the unit failed (result "signal").
+        assert_eq!(state_of(m, name).await?, status("loaded", "failed", "failed"));
+        Ok(())
+    }
+
+    async fn a_dropped_wait_leaves_the_job_running_and_the_unit_stoppable(fx) {
+        let m = fx.manager();
+        let name = "c-hang-drop.service";
+        m.load(name, &unit(HANGING)).await?;
+        m.reload().await?;
+        // Stop waiting: the job goes on in systemd.
+        assert!(tokio::time::timeout(Duration::from_millis(500), m.start(name)).await.is_err());
+        assert_eq!(state_of(m, name).await?.active_state, "activating");
+        assert_eq!(m.stop(name).await?, JobResult::Done);
+        assert_eq!(state_of(m, name).await?.active_state, "failed");
+        Ok(())
+    }
+
+    async fn a_slow_stop_does_not_hold_up_other_jobs(fx) {
+        let m = fx.manager();
+        let slow = "c-slowstop.service";
+        let other = "c-slowstop-other.service";
+        m.load(slow, &unit(SLOW_STOP)).await?;
+        m.load(other, &unit(SLEEP)).await?;
+        m.reload().await?;
+        assert_eq!(m.start(slow).await?, JobResult::Done);
+        let stop = m.stop(slow);
+        tokio::pin!(stop);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut stop).await.is_err(),
+            "a stop whose ExecStop sleeps 3 s must not end at once"
+        );
+        assert_eq!(state_of(m, slow).await?.active_state, "deactivating");
+        assert_eq!(m.start(other).await?, JobResult::Done);
+        assert_eq!(m.stop(other).await?, JobResult::Done);
+        // A second stop of the same unit joins the running job.
+        let (first, second) = tokio::join!(stop, m.stop(slow));
+        assert_eq!(first?, JobResult::Done);
+        assert_eq!(second?, JobResult::Done);
+        assert_eq!(state_of(m, slow).await?.active_state, "inactive");
+        Ok(())
+    }
+
+    async fn a_start_during_a_slow_stop_runs_once_the_unit_stopped(fx) {
+        let m = fx.manager();
+        let name = "c-slowstop-restart.service";
+        m.load(name, &unit(SLOW_STOP)).await?;
+        m.reload().await?;
+        assert_eq!(m.start(name).await?, JobResult::Done);
+        let stop = m.stop(name);
+        tokio::pin!(stop);
+        assert!(tokio::time::timeout(Duration::from_millis(500), &mut stop).await.is_err());
+        // The start replaces the stop job, and runs once the unit is down.
+        let (stopped, started) = tokio::join!(stop, m.start(name));
+        assert_eq!(stopped?, JobResult::Canceled);
+        assert_eq!(started?, JobResult::Done);
+        assert_eq!(state_of(m, name).await?, status("loaded", "active", "running"));
         Ok(())
     }
 

@@ -5,8 +5,9 @@
 //! - `plan.rs`: the pure core, [`plan()`] (desired and observed units in,
 //!   tasks out) and [`settle`] (what the agent has taken each unit to after a
 //!   batch). Table-tested like fleet's `agent/reconcile_test.go`.
-//! - `driver.rs`: runs a batch of [`Task`]s on a [`SystemdManager`] and
-//!   reports each outcome; a failure stops only what depends on it.
+//! - `driver.rs`: runs [`Operation`]s (one unit's tasks each) on a
+//!   [`SystemdManager`], concurrently and bounded, with the daemon-reload as a
+//!   barrier; a failure stops only what depends on it.
 //! - `publisher.rs`: [`Publisher`] and its [`PublisherHandle`]: unit states
 //!   to etcd, deduplicated, following systemd's change stream.
 //! - `heart.rs`: [`Heart`]: the machine's lease and presence record.
@@ -33,6 +34,15 @@
 //!   outage never stops a unit.
 //! - **Restarts touch nothing.** A unit whose file has the right hash and
 //!   that systemd reports as running is adopted, not restarted.
+//! - **No unit holds up another.** A pass plans and spawns operations and does
+//!   not wait for them: a oneshot whose start never ends, or a stop that takes
+//!   minutes, is waited for in its own operation while later passes serve the
+//!   other units. Operations in flight are tracked across passes
+//!   ([`InFlight`]): a unit gets no second operation while one heads where
+//!   the schedule wants it, and a changed desire supersedes the operation in
+//!   flight (a stop replaces a hanging start in systemd). Results come back
+//!   over a channel and are folded into the bookkeeping in one place, stale
+//!   ones dropped.
 
 mod backoff;
 pub mod driver;
@@ -46,9 +56,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use systemd::SystemdManager;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use units::{UnitFile, UnitHash, UnitName};
 
@@ -56,15 +67,24 @@ use crate::registry::cache::{self, CacheMode, Reflector, Store};
 use crate::registry::{Kv, ParsedKey, Registry, Revision};
 use crate::schema::{MachineId, ScheduledUnit};
 
-pub use driver::{Executed, Outcome, Report};
+pub use driver::{Executed, Outcome, Report, Runner};
 pub use heart::{Heart, HeartHandle};
-pub use plan::{DesiredUnit, Managed, ObservedUnit, Task, plan, settle};
+pub use plan::{
+    DesiredUnit, Goal, InFlight, Managed, ObservedUnit, Operation, Sequence, Task, operations,
+    plan, settle,
+};
 pub use publisher::{
     Publisher, PublisherConfig, PublisherGone, PublisherHandle, PublisherSnapshot,
 };
 
 /// How many times a purge tries to empty the units directory.
 const PURGE_ATTEMPTS: usize = 3;
+
+/// How long a purge waits for units to stop. The daemon allows the purge and
+/// the removal of the machine's presence 60 s; a unit whose stop takes longer
+/// keeps stopping in systemd (its file stays, and the error names it), and
+/// the presence is still removed in time.
+const PURGE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The agent's settings.
 #[derive(Clone, Debug)]
@@ -100,8 +120,10 @@ pub struct AgentSnapshot {
     /// Scheduled units left alone because their content could not be had
     /// (etcd unreachable, or the unit changed after it was scheduled).
     pub waiting_for_content: BTreeSet<UnitName>,
-    /// The last batch that had something to do.
+    /// The tasks of the last operation that ended.
     pub last_batch: Option<Report>,
+    /// The operations in flight.
+    pub in_flight: InFlight,
     /// The publisher's state; `None` if it has stopped.
     pub publisher: Option<PublisherSnapshot>,
 }
@@ -165,6 +187,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
             managed: BTreeMap::new(),
             waiting_for_content: BTreeSet::new(),
             last_batch: None,
+            in_flight: InFlight::default(),
             publisher: None,
         });
         Agent {
@@ -196,16 +219,20 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
         );
         let reflector = reflector.with_mode(self.config.cache);
         async move {
+            let reconcile = self.reconcile_loop(schedule, cancel.clone());
+            tokio::pin!(reconcile);
             tokio::select! {
-                () = reflector.run(cancel.clone()) => Ok(()),
-                result = self.reconcile_loop(schedule, cancel.clone()) => result,
+                // Cancelled: the loop is ending too, once its operations have.
+                () = reflector.run(cancel.clone()) => reconcile.await,
+                result = &mut reconcile => result,
             }
         }
         .instrument(span)
         .await
     }
 
-    /// Reconciles on schedule changes and on the interval.
+    /// Reconciles on schedule changes and on the interval, and folds in the
+    /// results of the operations it spawned. Returns once they have ended.
     async fn reconcile_loop(
         &self,
         schedule: Store<(UnitName, ScheduledUnit)>,
@@ -214,16 +241,30 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
         let mut changes = schedule.subscribe();
         let mut tick = tokio::time::interval(self.config.reconcile_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut managed = BTreeMap::new();
+        let runner = Runner::new(Arc::clone(&self.systemd));
+        // Unbounded, yet bounded by the units: each operation sends at most
+        // two events, and the loop drains them between passes.
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let ops = TaskTracker::new();
+        let ops_cancel = cancel.child_token();
+        let mut book = Book::default();
         let mut passes = 0;
         loop {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Ok(()),
+                () = cancel.cancelled() => break,
+                Some(event) = events.recv() => {
+                    let mut last = book.fold(event);
+                    while let Ok(event) = events.try_recv() {
+                        last = book.fold(event).or(last);
+                    }
+                    self.publish(&book, last).await;
+                    continue;
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         // The reflector is gone; `run` is returning.
-                        return Ok(());
+                        break;
                     }
                 }
                 _ = tick.tick() => {}
@@ -233,33 +274,61 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                 continue;
             }
             let started = Instant::now();
-            let Some(pass) = self.pass(&schedule, &managed).await else {
+            let Some(pass) = self.observe(&schedule, &book.managed).await else {
                 continue;
             };
             passes += 1;
-            managed.clone_from(&pass.managed);
-            if let Err(PublisherGone) = self.publisher.set_units(pass.managed.clone()).await {
-                debug!("publisher stopped; states not updated");
+            let planned = operations(
+                &pass.desired,
+                &pass.observed,
+                &book.managed,
+                &book.in_flight.goals(),
+            );
+            book.managed = planned.managed;
+            if planned.operations.is_empty() {
+                debug!(revision = %pass.revision, units = pass.desired.len(), in_flight = book.in_flight.units.len(), "nothing to do");
+            } else {
+                info!(revision = %pass.revision, operations = planned.operations.len(), in_flight = book.in_flight.units.len(), "reconciling");
+            }
+            for op in planned.operations {
+                book.spawn(op, &runner, &ops, &ops_cancel, &events_tx);
             }
             self.state.send_modify(|s| {
                 s.schedule_revision = Some(pass.revision);
                 s.passes = passes;
-                s.managed = pass.managed;
                 s.waiting_for_content = pass.waiting;
-                if pass.report.is_some() {
-                    s.last_batch = pass.report;
-                }
             });
+            self.publish(&book, None).await;
             let elapsed = started.elapsed();
             if elapsed > self.config.reconcile_interval {
                 warn!(?elapsed, interval = ?self.config.reconcile_interval, "reconcile slower than its interval");
             }
         }
+        // Stop waiting in every operation (what they asked of systemd goes
+        // on there) and let them end, so nothing races the purge.
+        ops_cancel.cancel();
+        ops.close();
+        ops.wait().await;
+        Ok(())
     }
 
-    /// One reconcile pass. `None` when systemd could not be observed (nothing
-    /// was done).
-    async fn pass(
+    /// Hands the bookkeeping to the publisher and the debug state.
+    async fn publish(&self, book: &Book, last: Option<Report>) {
+        if let Err(PublisherGone) = self.publisher.set_units(book.managed.clone()).await {
+            debug!("publisher stopped; states not updated");
+        }
+        self.state.send_modify(|s| {
+            s.managed.clone_from(&book.managed);
+            s.in_flight.clone_from(&book.in_flight);
+            if last.is_some() {
+                s.last_batch = last;
+            }
+        });
+    }
+
+    /// Observes one pass's input. `None` when systemd could not be observed
+    /// (nothing is done this round).
+    async fn observe(
         &self,
         schedule: &Store<(UnitName, ScheduledUnit)>,
         managed: &BTreeMap<UnitName, Managed>,
@@ -330,24 +399,11 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                 (name.clone(), observed)
             })
             .collect();
-
-        let tasks = plan(&desired, &observed);
-        let report = if tasks.is_empty() {
-            debug!(%revision, units = desired.len(), "nothing to do");
-            None
-        } else {
-            info!(%revision, tasks = tasks.len(), "reconciling");
-            Some(driver::execute(&*self.systemd, tasks.clone()).await)
-        };
-        let failed = report
-            .as_ref()
-            .map(Report::failed_units)
-            .unwrap_or_default();
         Some(Pass {
             revision,
-            managed: settle(&desired, &observed, &tasks, &failed),
+            desired,
+            observed,
             waiting,
-            report,
         })
     }
 
@@ -387,27 +443,46 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
         async {
             let mut seen: BTreeSet<UnitName> =
                 self.state.borrow().managed.keys().cloned().collect();
+            let deadline = Instant::now() + PURGE_DEADLINE;
             let mut remaining = BTreeSet::new();
-            for _ in 0..PURGE_ATTEMPTS {
+            for attempt in 0..=PURGE_ATTEMPTS {
                 let files = self
                     .systemd
                     .unit_files()
                     .await
                     .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
                 let names: BTreeSet<UnitName> = parse_files(files).into_keys().collect();
-                if names.is_empty() {
-                    remaining.clear();
+                seen.extend(names.iter().cloned());
+                remaining.clone_from(&names);
+                if names.is_empty() || attempt == PURGE_ATTEMPTS || Instant::now() >= deadline {
                     break;
                 }
                 info!(units = names.len(), "purging units");
-                let mut tasks: Vec<Task> = names
+                // Every unit at once (bounded): one that will not stop holds
+                // up nobody, and the purge ends by its deadline.
+                let ops = names
                     .iter()
-                    .map(|name| Task::Unload { name: name.clone() })
+                    .map(|name| Operation {
+                        unit: name.clone(),
+                        tasks: vec![Task::Unload { name: name.clone() }],
+                        reload: true,
+                        goal: None,
+                        done: None,
+                        failed: None,
+                    })
                     .collect();
-                tasks.push(Task::Reload);
-                driver::execute(&*self.systemd, tasks).await;
-                seen.extend(names.iter().cloned());
-                remaining = names;
+                let cancel = CancellationToken::new();
+                let runner = Runner::new(Arc::clone(&self.systemd));
+                let run = driver::run_all(&runner, ops, cancel.clone());
+                tokio::pin!(run);
+                tokio::select! {
+                    _ = &mut run => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        warn!(deadline = ?PURGE_DEADLINE, "units still stopping at the purge deadline; leaving them to systemd");
+                        cancel.cancel();
+                        run.await;
+                    }
+                }
             }
             let mut state_errors = 0;
             for name in &seen {
@@ -416,7 +491,10 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                     debug!(unit = %name, error = %error_chain(&e), "cannot remove unit state");
                 }
             }
-            self.state.send_modify(|s| s.managed.clear());
+            self.state.send_modify(|s| {
+                s.managed.clear();
+                s.in_flight = InFlight::default();
+            });
             if !remaining.is_empty() {
                 let list: Vec<String> = remaining.iter().map(ToString::to_string).collect();
                 anyhow::bail!("units still loaded after purging: {}", list.join(", "));
@@ -442,16 +520,118 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
     }
 }
 
-/// What one pass found and did.
+/// What one pass observed.
 struct Pass {
     /// The schedule revision it worked from.
     revision: Revision,
-    /// What the agent has taken each unit to.
-    managed: BTreeMap<UnitName, Managed>,
+    /// What the schedule wants.
+    desired: BTreeMap<UnitName, DesiredUnit>,
+    /// What the units directory and systemd hold.
+    observed: BTreeMap<UnitName, ObservedUnit>,
     /// Scheduled units left alone for want of content.
     waiting: BTreeSet<UnitName>,
-    /// The batch, if there was one.
-    report: Option<Report>,
+}
+
+/// What an operation tells the loop.
+enum Event {
+    /// Its content is in place and it is issuing its job.
+    Progress {
+        /// The unit.
+        unit: UnitName,
+        /// Which operation.
+        seq: Sequence,
+    },
+    /// It ended.
+    Finished {
+        /// The unit.
+        unit: UnitName,
+        /// Which operation.
+        seq: Sequence,
+        /// Its tasks and their outcomes.
+        executed: Vec<Executed>,
+    },
+}
+
+/// The reconcile loop's bookkeeping; only the loop touches it.
+#[derive(Default)]
+struct Book {
+    /// What the agent has taken each unit to.
+    managed: BTreeMap<UnitName, Managed>,
+    /// The operations in flight.
+    in_flight: InFlight,
+    /// Per unit with an operation in flight: the token that ends its waits,
+    /// and the one cancelled when it has ended (what a superseding operation
+    /// waits for).
+    tokens: BTreeMap<UnitName, (CancellationToken, CancellationToken)>,
+}
+
+impl Book {
+    /// Starts `op`, superseding the unit's operation in flight if any.
+    fn spawn<S: SystemdManager>(
+        &mut self,
+        op: Operation,
+        runner: &Runner<S>,
+        ops: &TaskTracker,
+        cancel: &CancellationToken,
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        let (seq, superseded) = self.in_flight.begin(&op);
+        let after = self.tokens.remove(&op.unit).map(|(stop, ended)| {
+            stop.cancel();
+            ended
+        });
+        if let Some(old) = superseded {
+            info!(unit = %op.unit, ?old, "the desired state changed; superseding the operation in flight");
+        }
+        let stop = cancel.child_token();
+        let ended = CancellationToken::new();
+        self.tokens
+            .insert(op.unit.clone(), (stop.clone(), ended.clone()));
+        let preparing = runner.prepare(&op);
+        let runner = runner.clone();
+        let events = events.clone();
+        ops.spawn(async move {
+            let _ended = ended.drop_guard();
+            let unit = op.unit.clone();
+            let progress = {
+                let (events, unit) = (events.clone(), unit.clone());
+                // The loop outlives its operations; a failed send only means
+                // it is gone.
+                move || drop(events.send(Event::Progress { unit, seq }))
+            };
+            let executed = runner.run(op, preparing, after, stop, progress).await;
+            drop(events.send(Event::Finished {
+                unit,
+                seq,
+                executed,
+            }));
+        });
+    }
+
+    /// Folds one event into the bookkeeping; the report of an operation that
+    /// ended.
+    fn fold(&mut self, event: Event) -> Option<Report> {
+        match event {
+            Event::Progress { unit, seq } => {
+                self.in_flight.progress(&mut self.managed, &unit, seq);
+                None
+            }
+            Event::Finished {
+                unit,
+                seq,
+                executed,
+            } => {
+                let report = Report { executed };
+                let ok = report.failed_units().is_empty();
+                if self.in_flight.finish(&mut self.managed, &unit, seq, ok) {
+                    self.tokens.remove(&unit);
+                } else {
+                    debug!(%unit, ?seq, "dropping the result of a superseded operation");
+                }
+                Some(report)
+            }
+        }
+    }
 }
 
 /// The units directory by unit name, each file parsed and hashed (`None`: it

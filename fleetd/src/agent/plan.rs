@@ -24,6 +24,16 @@
 //! Tasks come out in fleet's order: every unload, every load, one reload (only
 //! if there was a load or an unload), every stop, every start; units in name
 //! order within each kind.
+//!
+//! The driver does not run that list as one batch: [`operations`] cuts it into
+//! one [`Operation`] per unit (its tasks in order, the reload as a barrier
+//! between its loads and its starts), which run concurrently and may outlive
+//! the pass that planned them (a start that never ends, a stop that takes
+//! minutes). [`InFlight`] tracks them across passes, neon's `Sequence` way:
+//! a unit whose operation still heads for what is desired gets no second one;
+//! one whose desired state changed gets a new operation that supersedes the
+//! old (whose result is then stale and dropped); and results change the
+//! agent's bookkeeping ([`Managed`]) in one place, [`InFlight::finish`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -137,6 +147,223 @@ pub struct Managed {
     pub hash: UnitHash,
     /// `loaded` or `launched`.
     pub job: TargetState,
+}
+
+/// Where an operation takes a unit: what the agent records once it succeeded;
+/// `None`: the unit is not to be there.
+pub type Goal = Option<Managed>;
+
+/// Where the schedule wants a unit.
+pub fn goal_of(desired: Option<&DesiredUnit>) -> Goal {
+    desired
+        .filter(|d| d.state != TargetState::Inactive)
+        .map(|d| Managed {
+            hash: d.hash,
+            job: d.state,
+        })
+}
+
+/// One unit's tasks, run in order by one operation of the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// The unit.
+    pub unit: UnitName,
+    /// Its tasks in batch order, without the reload ([`Operation::reload`]).
+    pub tasks: Vec<Task>,
+    /// Whether a daemon-reload must come between its loads and unloads and
+    /// its stops and starts.
+    pub reload: bool,
+    /// Where it takes the unit; a unit whose operation in flight has the goal
+    /// that is desired gets no second one.
+    pub goal: Goal,
+    /// What the agent records when every task succeeded.
+    pub done: Option<Managed>,
+    /// What it records when one failed (what was known before).
+    pub failed: Option<Managed>,
+}
+
+/// The outcome of planning one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// The operations to start, in unit order.
+    pub operations: Vec<Operation>,
+    /// What the agent has taken each unit to: settled afresh for units with
+    /// nothing in flight, unchanged for the others (their operations say).
+    pub managed: BTreeMap<UnitName, Managed>,
+}
+
+/// The operations that take `observed` to `desired`, given what the agent
+/// recorded (`managed`, also in [`ObservedUnit::job`]) and where the
+/// operations in flight take their units (`in_flight`).
+///
+/// - A unit whose operation in flight has the desired goal: nothing (it is
+///   on its way), and its record is unchanged.
+/// - A unit with an operation in flight towards another goal: a new operation
+///   planned as if the old one had reached its goal (it got at least as far
+///   as issuing its job), which supersedes the old one, even without tasks
+///   (so the old one stops, e.g. an unload of a unit scheduled here again).
+/// - Any other unit with tasks: an operation; without tasks: settled now.
+pub fn operations(
+    desired: &BTreeMap<UnitName, DesiredUnit>,
+    observed: &BTreeMap<UnitName, ObservedUnit>,
+    managed: &BTreeMap<UnitName, Managed>,
+    in_flight: &BTreeMap<UnitName, Goal>,
+) -> Planned {
+    let names: BTreeSet<&UnitName> = desired
+        .keys()
+        .chain(observed.keys())
+        .chain(in_flight.keys())
+        .collect();
+    let mut planned = Planned {
+        operations: Vec::new(),
+        managed: BTreeMap::new(),
+    };
+    for name in names {
+        let d = desired.get(name);
+        let goal = goal_of(d);
+        let busy = in_flight.get(name);
+        let keep = |planned: &mut Planned| {
+            if let Some(m) = managed.get(name) {
+                planned.managed.insert(name.clone(), *m);
+            }
+        };
+        if busy == Some(&goal) {
+            keep(&mut planned);
+            continue;
+        }
+        let mut o = observed.get(name).cloned();
+        if let (Some(o), Some(busy)) = (o.as_mut(), busy) {
+            o.job = busy.map_or(TargetState::Inactive, |g| g.job);
+        }
+        let mut tasks = Vec::new();
+        plan_unit(name, d, o.as_ref(), &mut tasks);
+        let one_d: BTreeMap<UnitName, DesiredUnit> =
+            d.map(|d| (name.clone(), d.clone())).into_iter().collect();
+        let one_o: BTreeMap<UnitName, ObservedUnit> =
+            o.map(|o| (name.clone(), o)).into_iter().collect();
+        let done = settle(&one_d, &one_o, &tasks, &BTreeSet::new()).remove(name);
+        if tasks.is_empty() && busy.is_none() {
+            if let Some(m) = done {
+                planned.managed.insert(name.clone(), m);
+            }
+            continue;
+        }
+        let failed = settle(&one_d, &one_o, &tasks, &BTreeSet::from([name.clone()])).remove(name);
+        keep(&mut planned);
+        planned.operations.push(Operation {
+            unit: name.clone(),
+            reload: tasks
+                .iter()
+                .any(|t| matches!(t, Task::Load { .. } | Task::Unload { .. })),
+            tasks,
+            goal,
+            done,
+            failed,
+        });
+    }
+    planned
+}
+
+/// Orders the operations of one unit: each gets the next number, and only the
+/// latest one's results count (neon's `Sequence`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Sequence(u64);
+
+/// An operation in flight, as the agent tracks it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Current {
+    /// Its number: results carrying another one are stale.
+    pub seq: Sequence,
+    /// Where it takes the unit.
+    pub goal: Goal,
+    /// What to record when it succeeds.
+    #[serde(skip)]
+    pub done: Option<Managed>,
+    /// What to record when it fails.
+    #[serde(skip)]
+    pub failed: Option<Managed>,
+    /// Its tasks, for debug dumps.
+    pub tasks: Vec<&'static str>,
+}
+
+/// The operations in flight, at most one current per unit.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InFlight {
+    /// The current operation of each unit that has one.
+    pub units: BTreeMap<UnitName, Current>,
+    /// The last sequence number handed out.
+    last: Sequence,
+}
+
+impl InFlight {
+    /// Where each unit's operation in flight takes it, for [`operations`].
+    pub fn goals(&self) -> BTreeMap<UnitName, Goal> {
+        self.units
+            .iter()
+            .map(|(name, c)| (name.clone(), c.goal))
+            .collect()
+    }
+
+    /// Records `op` as its unit's current operation: its number, and the
+    /// number of the operation it supersedes, if any.
+    pub fn begin(&mut self, op: &Operation) -> (Sequence, Option<Sequence>) {
+        self.last.0 += 1;
+        let seq = self.last;
+        let old = self.units.insert(
+            op.unit.clone(),
+            Current {
+                seq,
+                goal: op.goal,
+                done: op.done,
+                failed: op.failed,
+                tasks: op.tasks.iter().map(Task::verb).collect(),
+            },
+        );
+        (seq, old.map(|c| c.seq))
+    }
+
+    /// The operation `seq` of `unit` has its content in place and is issuing
+    /// its job: the unit is recorded at the goal (as the original agent did
+    /// once it had asked systemd). False (nothing changed) if stale.
+    pub fn progress(
+        &self,
+        managed: &mut BTreeMap<UnitName, Managed>,
+        unit: &UnitName,
+        seq: Sequence,
+    ) -> bool {
+        let Some(current) = self.units.get(unit).filter(|c| c.seq == seq) else {
+            return false;
+        };
+        if let Some(m) = current.done {
+            managed.insert(unit.clone(), m);
+        }
+        true
+    }
+
+    /// The operation `seq` of `unit` ended (`ok`: every task succeeded): it is
+    /// no longer in flight, and the unit is recorded where it got. False
+    /// (nothing changed) if a newer operation superseded it.
+    pub fn finish(
+        &mut self,
+        managed: &mut BTreeMap<UnitName, Managed>,
+        unit: &UnitName,
+        seq: Sequence,
+        ok: bool,
+    ) -> bool {
+        let Some(current) = self.units.remove(unit) else {
+            return false;
+        };
+        if current.seq != seq {
+            // Stale: put the newer one back.
+            self.units.insert(unit.clone(), current);
+            return false;
+        }
+        match if ok { current.done } else { current.failed } {
+            Some(m) => managed.insert(unit.clone(), m),
+            None => managed.remove(unit),
+        };
+        true
+    }
 }
 
 /// Whether systemd's ActiveState means the unit runs (or is on its way).
@@ -790,6 +1017,201 @@ mod tests {
         let managed = settle(&desired, &observed, &[], &BTreeSet::new());
         assert_eq!(managed[&name("a.service")].job, Launched);
         assert_eq!(managed[&name("b.service")].job, Loaded);
+    }
+
+    fn managed(exec: &str, job: TargetState) -> Managed {
+        Managed {
+            hash: hash(exec),
+            job,
+        }
+    }
+
+    /// One row: what it checks, desired, observed, recorded, in flight;
+    /// expected operations as (tasks, superseding?) and the records after.
+    type OpCase = (
+        &'static str,
+        BTreeMap<UnitName, DesiredUnit>,
+        BTreeMap<UnitName, ObservedUnit>,
+        BTreeMap<UnitName, Managed>,
+        BTreeMap<UnitName, Goal>,
+        Vec<Vec<Task>>,
+        BTreeMap<UnitName, Managed>,
+    );
+
+    #[test]
+    fn operations_table() {
+        let a = "foo.service";
+        let hanging = || have("/x", Inactive, "activating");
+        let cases: Vec<OpCase> = vec![
+            (
+                "a new unit: one operation, nothing recorded yet",
+                one(a, want(Launched, "/x")),
+                none(),
+                none(),
+                none(),
+                vec![vec![load(a, "/x"), start(a)]],
+                none(),
+            ),
+            (
+                "its operation in flight: no second one",
+                one(a, want(Launched, "/x")),
+                one(a, hanging()),
+                none(),
+                one(a, Some(managed("/x", Launched))),
+                vec![],
+                none(),
+            ),
+            (
+                "in flight and already recorded: the record stays",
+                one(a, want(Launched, "/x")),
+                one(a, hanging()),
+                one(a, managed("/x", Launched)),
+                one(a, Some(managed("/x", Launched))),
+                vec![],
+                one(a, managed("/x", Launched)),
+            ),
+            (
+                "a hanging start, now desired loaded: a stop supersedes it",
+                one(a, want(Loaded, "/x")),
+                one(a, hanging()),
+                none(),
+                one(a, Some(managed("/x", Launched))),
+                vec![vec![stop(a)]],
+                none(),
+            ),
+            (
+                "a hanging start, now unscheduled: an unload supersedes it",
+                none(),
+                one(a, hanging()),
+                one(a, managed("/x", Launched)),
+                one(a, Some(managed("/x", Launched))),
+                vec![vec![unload(a)]],
+                one(a, managed("/x", Launched)),
+            ),
+            (
+                "a slow unload, scheduled here again: superseded without tasks",
+                one(a, want(Loaded, "/x")),
+                one(a, have("/x", Inactive, "deactivating")),
+                one(a, managed("/x", Loaded)),
+                one(a, None),
+                vec![vec![]],
+                one(a, managed("/x", Loaded)),
+            ),
+            (
+                "a slow stop, launched again: a start supersedes it",
+                one(a, want(Launched, "/x")),
+                one(a, have("/x", Launched, "deactivating")),
+                one(a, managed("/x", Launched)),
+                one(a, Some(managed("/x", Loaded))),
+                vec![vec![start(a)]],
+                one(a, managed("/x", Launched)),
+            ),
+            (
+                "nothing in flight, nothing to do: settled (adopted)",
+                one(a, want(Launched, "/x")),
+                one(a, have("/x", Inactive, "active")),
+                none(),
+                none(),
+                vec![],
+                one(a, managed("/x", Launched)),
+            ),
+        ];
+        for (what, desired, observed, recorded, in_flight, expected, after) in cases {
+            let planned = operations(&desired, &observed, &recorded, &in_flight);
+            let got: Vec<Vec<Task>> = planned.operations.iter().map(|o| o.tasks.clone()).collect();
+            assert_eq!(got, expected, "{what}");
+            assert_eq!(planned.managed, after, "{what}");
+            for op in &planned.operations {
+                assert_eq!(op.goal, goal_of(desired.get(&op.unit)), "{what}");
+                assert_eq!(
+                    op.reload,
+                    op.tasks
+                        .iter()
+                        .any(|t| matches!(t, Task::Load { .. } | Task::Unload { .. })),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    /// Without anything in flight, the operations hold exactly `plan`'s
+    /// tasks (less the reload), unit by unit, and settle as it does.
+    #[test]
+    fn operations_cut_the_plan_by_unit() {
+        let n = name("u.service");
+        for d in all_desired() {
+            for o in all_observed() {
+                let desired: BTreeMap<_, _> =
+                    d.clone().map(|d| (n.clone(), d)).into_iter().collect();
+                let observed: BTreeMap<_, _> =
+                    o.clone().map(|o| (n.clone(), o)).into_iter().collect();
+                let tasks = plan(&desired, &observed);
+                let planned = operations(&desired, &observed, &BTreeMap::new(), &BTreeMap::new());
+                let cut: Vec<Task> = planned
+                    .operations
+                    .iter()
+                    .flat_map(|o| o.tasks.clone())
+                    .collect();
+                let without_reload: Vec<Task> = tasks
+                    .iter()
+                    .filter(|t| **t != Task::Reload)
+                    .cloned()
+                    .collect();
+                assert_eq!(cut, without_reload, "desired {d:?} observed {o:?}");
+                let settled = settle(&desired, &observed, &tasks, &BTreeSet::new());
+                match planned.operations.first() {
+                    Some(op) => assert_eq!(op.done, settled.get(&n).copied()),
+                    None => assert_eq!(planned.managed, settled),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_keeps_the_latest_operation_and_drops_stale_results() {
+        let a = name("a.service");
+        let op = |tasks: Vec<Task>, goal: Goal, done: Option<Managed>| Operation {
+            unit: a.clone(),
+            reload: false,
+            tasks,
+            goal,
+            done,
+            failed: None,
+        };
+        let mut in_flight = InFlight::default();
+        let mut managed = BTreeMap::new();
+        let launched = Some(managed_of("/x", Launched));
+        let (first, superseded) =
+            in_flight.begin(&op(vec![start("a.service")], launched, launched));
+        assert_eq!(superseded, None);
+        assert_eq!(in_flight.goals(), BTreeMap::from([(a.clone(), launched)]));
+        // Content in place, job issued: recorded at the goal.
+        assert!(in_flight.progress(&mut managed, &a, first));
+        assert_eq!(managed.get(&a).copied(), launched);
+
+        let loaded = Some(managed_of("/x", Loaded));
+        let (second, superseded) = in_flight.begin(&op(vec![stop("a.service")], loaded, loaded));
+        assert_eq!(superseded, Some(first));
+        assert!(second > first);
+        // The old operation's result is stale.
+        assert!(!in_flight.progress(&mut managed, &a, first));
+        assert!(!in_flight.finish(&mut managed, &a, first, true));
+        assert_eq!(managed.get(&a).copied(), launched);
+        assert_eq!(in_flight.goals(), BTreeMap::from([(a.clone(), loaded)]));
+        // The current one counts, once.
+        assert!(in_flight.finish(&mut managed, &a, second, true));
+        assert_eq!(managed.get(&a).copied(), loaded);
+        assert!(in_flight.goals().is_empty());
+        assert!(!in_flight.finish(&mut managed, &a, second, true));
+
+        // A failed operation records what it says for failure.
+        let (third, _) = in_flight.begin(&op(vec![unload("a.service")], None, None));
+        assert!(in_flight.finish(&mut managed, &a, third, false));
+        assert_eq!(managed.get(&a).copied(), None);
+    }
+
+    fn managed_of(exec: &str, job: TargetState) -> Managed {
+        managed(exec, job)
     }
 
     #[test]

@@ -541,3 +541,185 @@ async fn purge_stops_and_unloads_everything_and_removes_presence() {
     assert_eq!(env.state("b.service").await, None);
     assert_eq!(env.registry.machine(&env.me).await.expect("readable"), None);
 }
+
+/// A `Type=oneshot` whose start never ends.
+fn hanging() -> Vec<UnitOption> {
+    vec![
+        UnitOption::new("Service", "Type", "oneshot"),
+        UnitOption::new("Service", "ExecStart", "/bin/sleep infinity"),
+    ]
+}
+
+/// A service whose stop takes 300 s.
+fn slow_stop() -> Vec<UnitOption> {
+    vec![
+        UnitOption::new("Service", "ExecStart", SLEEPER),
+        UnitOption::new("Service", "ExecStop", "/bin/sleep 300"),
+        UnitOption::new("Service", "TimeoutStopSec", "600"),
+    ]
+}
+
+impl Env {
+    /// Submits `unit` with `options` and places it on this machine as `state`.
+    async fn schedule_options(&self, unit: &str, state: TargetState, options: Vec<UnitOption>) {
+        let hash = UnitFile::from_options(options.clone()).hash();
+        self.registry
+            .put_unit(&UnitRecord {
+                name: name(unit),
+                desired_state: state,
+                options,
+            })
+            .await
+            .expect("put unit");
+        self.put_entry(
+            unit,
+            &ScheduledUnit {
+                desired_state: state,
+                hash,
+                global: false,
+            },
+        )
+        .await;
+    }
+
+    /// Whether this machine's published state of `unit` has `job` and `active`.
+    async fn published(&self, unit: &str, job: TargetState, active: &str) -> bool {
+        self.state(unit)
+            .await
+            .is_some_and(|s| s.job_state == job && s.active_state == active)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_start_or_a_slow_stop_does_not_hold_up_the_other_units() {
+    let env = Env::new();
+    let node = env.start();
+    env.schedule_options("hang.service", TargetState::Launched, hanging())
+        .await;
+    env.schedule_options("slow.service", TargetState::Launched, slow_stop())
+        .await;
+    env.schedule("b.service", TargetState::Launched, SLEEPER)
+        .await;
+    launched(&env, "slow.service").await;
+    launched(&env, "b.service").await;
+    eventually("the hanging start published as activating", async || {
+        env.published("hang.service", TargetState::Launched, "activating")
+            .await
+    })
+    .await;
+
+    // The slow unit is unscheduled: its stop takes 300 s.
+    env.unschedule("slow.service").await;
+    eventually("slow.service stopping", async || {
+        env.active("slow.service") == "deactivating"
+    })
+    .await;
+
+    // Meanwhile other units start and stop.
+    let began = Instant::now();
+    for unit in ["c.service", "d.service", "e.service"] {
+        env.schedule(unit, TargetState::Launched, SLEEPER).await;
+    }
+    env.schedule("b.service", TargetState::Loaded, SLEEPER)
+        .await;
+    for unit in ["c.service", "d.service", "e.service"] {
+        launched(&env, unit).await;
+    }
+    eventually("b stopped and published as loaded", async || {
+        env.active("b.service") == "inactive"
+            && env
+                .published("b.service", TargetState::Loaded, "inactive")
+                .await
+    })
+    .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "the other units waited {:?}",
+        began.elapsed()
+    );
+    assert_eq!(env.active("slow.service"), "deactivating");
+    assert_eq!(env.active("hang.service"), "activating");
+    // One start each: no second job for a unit with one in flight.
+    let starts = |unit: &str| {
+        env.fake
+            .calls()
+            .iter()
+            .filter(|(m, u)| *m == FakeMethod::StartUnit && u.as_deref() == Some(unit))
+            .count()
+    };
+    assert_eq!(starts("hang.service"), 1);
+    let snapshot = node.agent.snapshot().await;
+    assert!(
+        snapshot.in_flight.units.contains_key(&name("hang.service")),
+        "{:?}",
+        snapshot.in_flight
+    );
+
+    // The hanging oneshot can still be stopped: the stop replaces its start
+    // job (systemd kills it: failed) ...
+    env.schedule_options("hang.service", TargetState::Loaded, hanging())
+        .await;
+    eventually("the hanging unit stopped", async || {
+        env.active("hang.service") == "failed"
+            && env
+                .published("hang.service", TargetState::Loaded, "failed")
+                .await
+    })
+    .await;
+    // ... and destroyed.
+    env.unschedule("hang.service").await;
+    eventually("the hanging unit unloaded and its state gone", async || {
+        env.fake.file("hang.service").is_none() && env.state("hang.service").await.is_none()
+    })
+    .await;
+    assert_eq!(starts("hang.service"), 1);
+
+    // The slow stop ends in its own time, and the unit is unloaded.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    eventually("slow.service unloaded", async || {
+        env.fake.file("slow.service").is_none() && env.state("slow.service").await.is_none()
+    })
+    .await;
+    for unit in ["c.service", "d.service", "e.service"] {
+        assert_eq!(env.active(unit), "active");
+    }
+    node.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn purge_is_not_held_up_by_a_unit_that_will_not_stop() {
+    let env = Env::new();
+    let node = env.start();
+    let stuck = vec![
+        UnitOption::new("Service", "ExecStart", SLEEPER),
+        UnitOption::new("Service", "ExecStop", "/bin/sleep infinity"),
+    ];
+    env.schedule_options("stuck.service", TargetState::Launched, stuck)
+        .await;
+    for unit in ["a.service", "b.service"] {
+        env.schedule(unit, TargetState::Launched, SLEEPER).await;
+    }
+    for unit in ["stuck.service", "a.service", "b.service"] {
+        launched(&env, unit).await;
+    }
+    let (agent, presence) = node.stop().await;
+    let began = Instant::now();
+    let err = agent
+        .purge()
+        .await
+        .expect_err("stuck.service does not stop");
+    assert!(
+        began.elapsed() <= PURGE_DEADLINE + Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(err.to_string().contains("stuck.service"), "{err:#}");
+    presence.purge().await.expect("presence purge");
+    for unit in ["a.service", "b.service"] {
+        assert_eq!(env.fake.file(unit), None);
+        assert_eq!(env.active(unit), "inactive");
+        assert_eq!(env.state(unit).await, None);
+    }
+    assert_eq!(env.active("stuck.service"), "deactivating");
+    assert_eq!(env.registry.machine(&env.me).await.expect("readable"), None);
+}
