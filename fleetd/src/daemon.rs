@@ -14,13 +14,27 @@
 //! are never closed); if it does not, the error is logged and nothing
 //! changes. SIGUSR1 logs the agent's, the publisher's and the engine's state
 //! as one JSON line. With `WatchdogSec=` set, `WATCHDOG=1` is sent at half
-//! the interval; `READY=1` follows each registration.
+//! the interval.
+//!
+//! Startup: `READY=1` is sent once a generation is initialised (config
+//! loaded, listeners taken, systemd connected, components spawned), not once
+//! the machine is registered: registering waits for etcd for as long as it
+//! takes, and systemd would otherwise kill fleetd after its start timeout.
+//! `STATUS=` says what fleetd waits for. The API answers 503 until the
+//! machine is registered, and the agent and the engine are only spawned
+//! then: fleetd never starts, stops or writes a unit before its machine ID is
+//! its own (another host with the same ID is refused first).
 //!
 //! Shutdown (SIGTERM/SIGINT) is ordered, as fleet's is: the API stops
-//! accepting first; the loops are cancelled; then the purge: the agent stops
-//! and unloads this machine's units and the heart revokes the machine lease
-//! (presence and unit states go with it); the engine released its leadership
-//! when it was cancelled. A loop that fails for good cancels everything
+//! accepting first; the loops are cancelled; then, if fleetd is stopped for
+//! good, the purge: the agent stops and unloads this machine's units and the
+//! heart revokes the machine lease (presence and unit states go with it);
+//! the engine released its leadership when it was cancelled. Whether it is
+//! stopped for good is asked of systemd ([`Departure`]): the job systemd runs
+//! on fleetd's own unit tells `systemctl restart` (an upgrade; no purge, the
+//! next fleetd adopts the units) from `systemctl stop` or a shutdown (purge).
+//! A fleetd that never registered its machine purges nothing: it never took
+//! charge of any unit. A loop that fails for good cancels everything
 //! *without* purging and makes fleetd exit non-zero, so systemd restarts it
 //! and the running units are adopted, not restarted.
 
@@ -29,11 +43,12 @@ use std::io::Read;
 use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use systemd::{DbusConfig, DbusManager};
+use systemd::{DbusConfig, DbusManager, ProcessUnit};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +66,9 @@ use crate::schema::{Capabilities, MachineId, MachineRecord};
 
 /// How long the purge and the final drain may take before fleetd exits anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long to wait for systemd to say how it is stopping fleetd.
+const DEPARTURE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sets up logging: `RUST_LOG` if set, else info (debug when `verbosity > 0`),
 /// on stderr without timestamps (journald adds them).
@@ -98,13 +116,22 @@ pub async fn main(
     let (control_tx, mut control) = mpsc::unbounded_channel();
     let signals = signal_task(control_tx)?;
     let watchdog = watchdog_task();
+    let registered = AtomicBool::new(false);
     let mut config = config;
     let result = loop {
         let generation = match listeners.for_generation() {
             Ok(l) => l,
             Err(e) => break Err(e),
         };
-        match run_generation(config.clone(), generation, &mut control, &reload).await {
+        match run_generation(
+            config.clone(),
+            generation,
+            &mut control,
+            &reload,
+            &registered,
+        )
+        .await
+        {
             Ok(Ended::Shutdown) => break Ok(()),
             Ok(Ended::Reload(new)) => {
                 if new.listen != config.listen {
@@ -264,22 +291,26 @@ pub async fn run(
         std::future::pending::<()>().await;
     };
     let no_reload = || anyhow::bail!("reloading is not supported here");
+    let registered = AtomicBool::new(false);
     tokio::select! {
-        result = run_generation(config, listeners, &mut control, &no_reload) => result.map(|_| ()),
+        result = run_generation(config, listeners, &mut control, &no_reload, &registered) => result.map(|_| ()),
         () = forward => Ok(()),
     }
 }
 
 /// One generation of components: builds and spawns them with `config`, then
-/// serves `control` until a shutdown (purge, [`Ended::Shutdown`]), a reload
-/// with a config that loads (stop without purging, [`Ended::Reload`]), or a
-/// component failing for good (`Err`, no purge). A closed `control` means
-/// shutdown.
+/// serves `control` until a shutdown ([`Ended::Shutdown`], with a purge
+/// unless systemd is restarting fleetd or the machine never registered, see
+/// [`Departure`]), a reload with a config that loads (stop without purging,
+/// [`Ended::Reload`]), or a component failing for good (`Err`, no purge). A
+/// closed `control` means shutdown. `registered` is set once any generation
+/// of this process has registered the machine.
 async fn run_generation(
     config: Config,
     listeners: Vec<Listener>,
     control: &mut mpsc::UnboundedReceiver<Control>,
     reload: &(dyn Fn() -> anyhow::Result<Config> + Sync),
+    registered: &AtomicBool,
 ) -> anyhow::Result<Ended> {
     let machine = read_machine_id(&config.machine_id_file)?;
     let public_ip = config.public_ip.or_else(detect_public_ip);
@@ -382,15 +413,57 @@ async fn run_generation(
     tasks.spawn(async move { ("heart", heart.run(c).await) });
     let c = loops.clone();
     tasks.spawn(async move { ("publisher", publisher.run(c).await) });
-    let c = loops.clone();
+    // The agent and the engine act for this machine ID: only once it is ours.
+    let (c, r) = (loops.clone(), ready_rx.clone());
     let a = agent.clone();
-    tasks.spawn(async move { ("agent", a.run(c).await) });
-    let c = loops.clone();
-    tasks.spawn(async move { ("engine", engine.run(c).await) });
-    tasks.spawn(notify_ready(ready_rx, loops.clone()));
+    tasks.spawn(async move { ("agent", once_registered(r, &c, a.run(c.clone())).await) });
+    let (c, r) = (loops.clone(), ready_rx.clone());
+    tasks.spawn(async move {
+        (
+            "engine",
+            once_registered(r, &c, engine.run(c.clone())).await,
+        )
+    });
+    let registered_now = ready_rx.clone();
+    let (mut ready, c) = (ready_rx, loops.clone());
+    let waiting = format!(
+        "waiting for etcd ({}) to register machine {machine}",
+        config.etcd_servers.join(",")
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&waiting),
+    ]);
+    let status = async {
+        let mut was = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = c.cancelled() => return,
+                changed = ready.changed() => if changed.is_err() { return },
+            }
+            let now = *ready.borrow_and_update();
+            if now && !was {
+                registered.store(true, Ordering::Release);
+                info!("registered; fleetd is ready");
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "registered as machine {machine}"
+                ))]);
+            } else if !now && was {
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "lost the machine lease; {waiting}"
+                ))]);
+            }
+            was = now;
+        }
+    };
+    tokio::pin!(status);
+    // The status future ends only with the generation; never poll it again.
+    let mut status_done = false;
 
     let failure = loop {
         let request = tokio::select! {
+            () = &mut status, if !status_done => { status_done = true; continue }
             request = control.recv() => request.unwrap_or(Control::Shutdown),
             Some(joined) = tasks.join_next() => break Some(match joined {
                 Ok((name, Ok(()))) => anyhow::anyhow!("the {name} loop stopped unexpectedly"),
@@ -412,15 +485,36 @@ async fn run_generation(
         }
     };
 
-    stop(&api_stop, &loops, tasks).await;
     if let Some(e) = failure {
+        stop(&api_stop, &loops, tasks).await;
         // No purge: the units keep running and a restarted fleetd adopts them.
         return Err(e);
     }
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
-        debug!("cannot notify systemd: {e}");
-    }
-    info!("purging this machine's units and presence");
+    // Asked while everything still runs (systemd's job on fleetd's unit
+    // lasts until the process exits).
+    let departure = if registered.load(Ordering::Acquire) || *registered_now.borrow() {
+        departure(&systemd).await
+    } else {
+        Departure::Stay("the machine was never registered, so fleetd took charge of no unit".into())
+    };
+    stop(&api_stop, &loops, tasks).await;
+    let reason = match departure {
+        Departure::Stay(reason) => {
+            notify(&[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("stopping; the units keep running"),
+            ]);
+            info!(%reason, "leaving this machine's units running");
+            info!("fleetd stopped");
+            return Ok(Ended::Shutdown);
+        }
+        Departure::Purge(reason) => reason,
+    };
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping; handing this machine's units over"),
+    ]);
+    info!(%reason, "purging this machine's units and presence");
     let purge = async {
         if let Err(e) = agent.purge().await {
             error!("purging units failed: {e:#}");
@@ -465,15 +559,13 @@ async fn stop(api_stop: &CancellationToken, loops: &CancellationToken, mut tasks
 }
 
 /// Tells systemd a reload is under way (`READY=1` follows once the new
-/// generation has registered).
+/// generation is initialised).
 fn notify_reloading() {
     let mut states = vec![sd_notify::NotifyState::Reloading];
     if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
         states.push(now);
     }
-    if let Err(e) = sd_notify::notify(&states) {
-        debug!("cannot notify systemd: {e}");
-    }
+    notify(&states);
 }
 
 /// Everything a state dump holds (SIGUSR1).
@@ -506,26 +598,99 @@ async fn dump<K: crate::registry::Kv, S: systemd::SystemdManager>(
     }
 }
 
-/// Tells systemd `READY=1` once the machine is registered. Never fails the
-/// daemon (outside systemd there is nobody to tell).
-async fn notify_ready(
-    mut ready: watch::Receiver<bool>,
-    cancel: CancellationToken,
-) -> (&'static str, anyhow::Result<()>) {
-    tokio::select! {
-        r = ready.wait_for(|r| *r) => {
-            if r.is_ok() {
-                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                    warn!("cannot notify systemd: {e}");
-                }
-                info!("registered; fleetd is ready");
+/// Sends `states` to systemd's notification socket. Never fails the daemon
+/// (outside systemd there is nobody to tell).
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!("cannot notify systemd: {e}");
+    }
+}
+
+/// What a SIGTERM or SIGINT means for this machine's units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Departure {
+    /// fleetd comes back (systemd restarts it): leave the units running for
+    /// the next fleetd to adopt, and the machine lease to be taken back (by
+    /// the token) or to expire.
+    Stay(String),
+    /// fleetd is stopped for good: stop and unload the units and remove the
+    /// machine's presence, so the engine places them elsewhere at once.
+    Purge(String),
+}
+
+/// Asks systemd how it is stopping this process (see [`departure_of`]). When
+/// systemd cannot be asked, purges, as the original always did.
+async fn departure(systemd: &DbusManager) -> Departure {
+    let pid = std::process::id();
+    match tokio::time::timeout(DEPARTURE_QUERY_TIMEOUT, systemd.unit_of_process(pid)).await {
+        Ok(Ok(unit)) => departure_of(&unit, pid),
+        Ok(Err(e)) => Departure::Purge(format!(
+            "cannot ask systemd how it is stopping fleetd: {}",
+            crate::agent::error_chain(&e)
+        )),
+        Err(_) => Departure::Purge(format!(
+            "systemd did not say within {DEPARTURE_QUERY_TIMEOUT:?} how it is stopping fleetd"
+        )),
+    }
+}
+
+/// Decides from fleetd's own unit (the one process `pid` belongs to) what a
+/// SIGTERM/SIGINT means:
+/// - not the main process of a service (run from a terminal, in a scope):
+///   purge, as the original did on Ctrl-C;
+/// - a `restart` or `try-restart` job (`systemctl restart`, upgrades):
+///   stay;
+/// - a `stop` job (`systemctl stop`, shutdown, isolate): purge;
+/// - no job (a plain `kill -TERM`, `systemctl kill`) or another job (a
+///   failed start): stay if `Restart=` brings fleetd back after a clean
+///   exit (`always`, `on-success`, as shipped), else purge.
+fn departure_of(unit: &ProcessUnit, pid: u32) -> Departure {
+    if unit.main_pid != Some(pid) {
+        return Departure::Purge(format!(
+            "fleetd is not the main process of a systemd service (it runs in {})",
+            unit.unit
+        ));
+    }
+    match unit.job_type.as_deref() {
+        Some(job @ ("restart" | "try-restart")) => {
+            Departure::Stay(format!("systemd is restarting {} (a {job} job)", unit.unit))
+        }
+        Some("stop") => Departure::Purge(format!("systemd is stopping {}", unit.unit)),
+        job => {
+            let restart = unit.restart.as_deref().unwrap_or("no");
+            let job = job.map_or_else(|| "no job".to_owned(), |j| format!("a {j} job"));
+            if matches!(restart, "always" | "on-success") {
+                Departure::Stay(format!(
+                    "{} has {job} and Restart={restart}: systemd starts fleetd again",
+                    unit.unit
+                ))
+            } else {
+                Departure::Purge(format!(
+                    "{} has {job} and Restart={restart}: fleetd does not come back",
+                    unit.unit
+                ))
             }
         }
-        () = cancel.cancelled() => {}
     }
-    // Stay alive until shutdown, so finishing is not mistaken for a failure.
-    cancel.cancelled().await;
-    ("notify", Ok(()))
+}
+
+/// Runs `component` once the machine is registered (`ready` turns true);
+/// `Ok` without running it if `cancel` fires first.
+async fn once_registered(
+    mut ready: watch::Receiver<bool>,
+    cancel: &CancellationToken,
+    component: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let registered = tokio::select! {
+        r = ready.wait_for(|r| *r) => r.is_ok(),
+        () = cancel.cancelled() => return Ok(()),
+    };
+    if !registered {
+        // The heart is gone; its own result says why.
+        cancel.cancelled().await;
+        return Ok(());
+    }
+    component.await
 }
 
 /// Reads this machine's ID (trimmed) from `path`.
@@ -586,6 +751,71 @@ fn detect_public_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unit(main_pid: Option<u32>, job: Option<&str>, restart: Option<&str>) -> ProcessUnit {
+        ProcessUnit {
+            unit: "fleet.service".into(),
+            main_pid,
+            job_type: job.map(str::to_owned),
+            restart: restart.map(str::to_owned),
+        }
+    }
+
+    /// The agent and the engine run only once the machine is registered,
+    /// and not at all if fleetd stops first.
+    #[tokio::test(start_paused = true)]
+    async fn components_wait_for_registration() {
+        let (ready_tx, ready) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                once_registered(ready, &cancel, async move {
+                    r.store(true, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!ran.load(Ordering::SeqCst), "ran before registration");
+        ready_tx.send_replace(true);
+        task.await.expect("no panic").expect("component result");
+        assert!(ran.load(Ordering::SeqCst));
+
+        let (_ready_tx, ready) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let result = once_registered(ready, &cancel, async {
+            panic!("ran although fleetd stopped before registering")
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    /// What each way of stopping fleetd means for the units.
+    #[test]
+    fn departure_follows_the_job_systemd_runs_on_fleetds_unit() {
+        let stays = |u: &ProcessUnit| matches!(departure_of(u, 7), Departure::Stay(_));
+        let always = Some("always");
+        // systemctl restart / try-restart, upgrades.
+        assert!(stays(&unit(Some(7), Some("restart"), always)));
+        assert!(stays(&unit(Some(7), Some("try-restart"), always)));
+        // systemctl stop, shutdown.
+        assert!(!stays(&unit(Some(7), Some("stop"), always)));
+        // kill -TERM: systemd starts it again only with a restarting policy.
+        assert!(stays(&unit(Some(7), None, always)));
+        assert!(stays(&unit(Some(7), None, Some("on-success"))));
+        assert!(!stays(&unit(Some(7), None, Some("no"))));
+        assert!(!stays(&unit(Some(7), None, Some("on-failure"))));
+        // A start job failing (start timeout) under Restart=always.
+        assert!(stays(&unit(Some(7), Some("start"), always)));
+        // Not the service's main process (a terminal's scope, a child).
+        assert!(!stays(&unit(None, None, None)));
+        assert!(!stays(&unit(Some(8), Some("restart"), always)));
+    }
 
     /// A reload stops one generation's API and starts the next on the same
     /// sockets: a socket taken once keeps accepting through generations.

@@ -221,6 +221,90 @@ impl DbusManager {
     }
 }
 
+/// The unit a process belongs to, and what systemd is doing with it: how a daemon run by
+/// systemd tells a restart of itself from a stop ([`DbusManager::unit_of_process`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessUnit {
+    /// The unit's name (`fleet.service`, or a scope such as `session-1.scope`).
+    pub unit: String,
+    /// The service's main PID; `None` for a unit that is not a service.
+    pub main_pid: Option<u32>,
+    /// The type of the job the unit has (`stop`, `restart`, `start`, …); `None` without one.
+    pub job_type: Option<String>,
+    /// The service's `Restart=` setting; `None` for a unit that is not a service.
+    pub restart: Option<String>,
+}
+
+impl DbusManager {
+    /// The unit process `pid` belongs to (`GetUnitByPID`), with its pending job and, for a
+    /// service, its main PID and `Restart=`.
+    pub async fn unit_of_process(&self, pid: u32) -> Result<ProcessUnit, Error> {
+        use zbus_systemd::systemd1::{JobProxy, UnitProxy};
+        let bus = self.bus().await?;
+        let path = bus
+            .manager
+            .get_unit_by_pid(pid)
+            .await
+            .map_err(|e| bus.classify("GetUnitByPID", None, e))?;
+        let unit = UnitProxy::builder(&bus.conn)
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| bus.classify("GetUnitByPID", None, e))?;
+        let name = unit.id().await.map_err(|e| bus.classify("Id", None, e))?;
+        let (job_id, job_path) = unit
+            .job()
+            .await
+            .map_err(|e| bus.classify("Job", Some(&name), e))?;
+        let job_type = if job_id == 0 {
+            None
+        } else {
+            let job = async {
+                JobProxy::builder(&bus.conn)
+                    .path(job_path)
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await?
+                    .job_type()
+                    .await
+            }
+            .await;
+            match job {
+                Ok(t) => Some(t),
+                // The job finished between the two calls.
+                Err(e) => match bus.classify("JobType", Some(&name), e) {
+                    Error::Method { .. } => None,
+                    e => return Err(e),
+                },
+            }
+        };
+        let service = async {
+            let proxy = ServiceProxy::builder(&bus.conn)
+                .path(path)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            Ok::<_, zbus::Error>((proxy.main_pid().await?, proxy.restart().await?))
+        }
+        .await;
+        let (main_pid, restart) = match service {
+            Ok((pid, restart)) => (Some(pid), Some(restart)),
+            // Not a service: no such interface on the unit's object.
+            Err(e) => match bus.classify("MainPID", Some(&name), e) {
+                Error::Method { .. } => (None, None),
+                e => return Err(e),
+            },
+        };
+        Ok(ProcessUnit {
+            unit: name,
+            main_pid,
+            job_type,
+            restart,
+        })
+    }
+}
+
 impl Bus {
     async fn connect(cfg: &DbusConfig, address: &str) -> Result<Bus, Error> {
         let unavailable = |source: zbus::Error| Error::Unavailable {

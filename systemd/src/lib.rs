@@ -33,7 +33,7 @@ mod dbus;
 mod fake;
 mod files;
 
-pub use dbus::{DbusConfig, DbusManager};
+pub use dbus::{DbusConfig, DbusManager, ProcessUnit};
 #[cfg(feature = "fake")]
 pub use fake::{FakeFailure, FakeManager, FakeMethod};
 

@@ -292,10 +292,14 @@ impl Cluster {
                 let out = self
                     .fleetctl(&["list-machines", "--no-legend", "--full"])
                     .await?;
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr))
+                Ok((
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                        + &String::from_utf8_lossy(&out.stderr),
+                ))
             },
-            |text| text.lines().filter(|l| !l.trim().is_empty()).count() == n,
+            // An error (503 until fleetd is registered) is no machine list.
+            |(ok, text)| *ok && text.lines().filter(|l| !l.trim().is_empty()).count() == n,
         )
         .await;
         if let Err(e) = result {
@@ -621,5 +625,181 @@ impl Cluster {
             ])
             .await?;
         check(&out, "systemctl start --no-block fleet")
+    }
+}
+
+/// Lifecycle actions on a member's fleetd: restarts, upgrades, signals, an
+/// OOM kill and a power-off.
+impl Cluster {
+    /// `systemctl restart fleet.service` in member `i`, as an upgrade does.
+    pub async fn restart_fleet(&self, i: usize) -> anyhow::Result<()> {
+        let out = self.members[i]
+            .machine
+            .systemctl(&["restart", "fleet.service"])
+            .await?;
+        check(&out, "systemctl restart fleet")
+    }
+
+    /// Replaces the fleetd binary every member runs (`/opt/fleet/fleetd`) by
+    /// a different file, as a package upgrade does: a copy with `marker`
+    /// appended (an ELF file runs with trailing bytes), renamed over the old
+    /// one. Running fleetds keep the old file until they are restarted.
+    /// Returns the new file's size, to tell which binary a process runs.
+    pub fn upgrade_fleetd(&self, marker: &str) -> anyhow::Result<u64> {
+        let path = self.bin_dir.path().join("fleetd");
+        let staged = self.bin_dir.path().join(".fleetd.new");
+        std::fs::copy(&path, &staged).with_context(|| format!("cannot copy {}", path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&staged)
+            .with_context(|| format!("cannot open {}", staged.display()))?;
+        std::io::Write::write_all(&mut file, marker.as_bytes())
+            .with_context(|| format!("cannot write {}", staged.display()))?;
+        drop(file);
+        std::fs::rename(&staged, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        Ok(std::fs::metadata(&path)?.len())
+    }
+
+    /// `systemctl kill -s SIGNAL --kill-whom=main fleet.service` in member
+    /// `i`: a signal with no job on fleet.service (as a plain `kill` sends).
+    pub async fn signal_fleet(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        let out = self.members[i]
+            .machine
+            .systemctl(&["kill", "-s", signal, "--kill-whom=main", "fleet.service"])
+            .await?;
+        check(&out, &format!("systemctl kill -s {signal} fleet"))
+    }
+
+    /// fleetd's PID in member `i` as the host sees it (the machine has its
+    /// own PID namespace), from fleet.service's cgroup.
+    pub fn fleetd_host_pid(&self, i: usize) -> anyhow::Result<u32> {
+        let leader = self.members[i].machine.leader_pid();
+        let cgroups = std::fs::read_to_string(format!("/proc/{leader}/cgroup"))
+            .with_context(|| format!("cannot read the cgroups of PID {leader}"))?;
+        let init = cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .with_context(|| format!("PID {leader} has no unified cgroup: {cgroups}"))?;
+        // The machine's init runs in <payload>/init.scope.
+        let payload = init.strip_suffix("/init.scope").unwrap_or(init);
+        let procs =
+            format!("/sys/fs/cgroup/unified{payload}/system.slice/fleet.service/cgroup.procs");
+        let text =
+            std::fs::read_to_string(&procs).with_context(|| format!("cannot read {procs}"))?;
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        match pids.as_slice() {
+            [pid] => Ok(*pid),
+            _ => bail!("fleet.service in member {i} has processes {pids:?}, not one"),
+        }
+    }
+
+    /// Has the kernel OOM-kill fleetd in member `i`: moves it into a memory
+    /// cgroup (v1, a child of the test process's own) limited to 64 KiB
+    /// above what it is charged there (nothing, as charges stay behind),
+    /// then makes it allocate: a 400 KB unit submitted through its API. The
+    /// machine's own systemd cannot set `MemoryMax=` here (its memory
+    /// hierarchy is read-only and cgroup2 has no memory controller), hence
+    /// the host's cgroup. Returns once the process is gone; the cgroup is
+    /// removed and the unit destroyed.
+    pub async fn oom_kill_fleet(&self, i: usize) -> anyhow::Result<()> {
+        let pid = self.fleetd_host_pid(i)?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .context("cannot read the test process's cgroups")?;
+        let parent = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then(|| path.to_owned())
+            })
+            .context("the test process has no memory cgroup (cgroup v1 memory controller)")?;
+        let dir =
+            PathBuf::from(format!("/sys/fs/cgroup/memory{parent}")).join(unique_name("fleet-oom"));
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let result = async {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("cannot move PID {pid} into {}", dir.display()))?;
+            let usage: u64 = std::fs::read_to_string(dir.join("memory.usage_in_bytes"))?
+                .trim()
+                .parse()
+                .context("bad memory.usage_in_bytes")?;
+            std::fs::write(
+                dir.join("memory.limit_in_bytes"),
+                (usage + 65536).to_string(),
+            )
+            .context("cannot set memory.limit_in_bytes")?;
+            let mut text = String::from("[Unit]\n");
+            for n in 0..400 {
+                text.push_str(&format!("X-Padding{n}={}\n", "x".repeat(1000)));
+            }
+            text.push_str("[Service]\nExecStart=/bin/sleep 100000\n");
+            let units = unit_files(&[("fleet-oom-ballast.service", &text)])?;
+            let ballast = units.path().join("fleet-oom-ballast.service");
+            let ballast = ballast.to_string_lossy();
+            wait_until(
+                &format!("the kernel to OOM-kill fleetd (host PID {pid})"),
+                Duration::from_secs(30),
+                || async {
+                    let _ = self.fleetctl_via(i, &["submit", &ballast]).await;
+                    Ok(Path::new(&format!("/proc/{pid}")).exists())
+                },
+                |alive| !alive,
+            )
+            .await?;
+            let kills = std::fs::read_to_string(dir.join("memory.oom_control"))?;
+            if !kills
+                .lines()
+                .any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0")
+            {
+                bail!("fleetd died, but not by the OOM killer: {kills}");
+            }
+            Ok(())
+        }
+        .await;
+        // Empty once the process is gone.
+        let removed = wait_until(
+            "the OOM cgroup to empty",
+            Duration::from_secs(10),
+            || async { Ok(std::fs::remove_dir(&dir).is_ok()) },
+            |gone| *gone,
+        )
+        .await;
+        result.and(removed.map(|_| ()))
+    }
+
+    /// The start timeout systemd applies to fleet.service in member `i`
+    /// (`TimeoutStartUSec`).
+    pub async fn fleet_start_timeout(&self, i: usize) -> anyhow::Result<Duration> {
+        let out = self.members[i]
+            .machine
+            .exec(&[
+                "busctl",
+                "get-property",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1/unit/fleet_2eservice",
+                "org.freedesktop.systemd1.Service",
+                "TimeoutStartUSec",
+            ])
+            .await?;
+        check(&out, "busctl get-property TimeoutStartUSec")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let usec: u64 = text
+            .trim()
+            .strip_prefix("t ")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("TimeoutStartUSec is not a number: {text:?}"))?;
+        Ok(Duration::from_micros(usec))
+    }
+
+    /// Powers member `i` off cleanly, as a system shutdown does (its systemd
+    /// stops every unit, fleet.service included, then the machine exits),
+    /// and removes it from [`Self::members`] (later members move down).
+    pub async fn power_off_member(&mut self, i: usize) {
+        let member = self.members.remove(i);
+        member.machine.shutdown().await;
     }
 }

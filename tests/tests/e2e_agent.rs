@@ -681,14 +681,39 @@ async fn a_second_host_with_the_same_machine_id_is_refused() -> anyhow::Result<(
     let (record, lease) = get(&etcd, &format!("machines/{id}"))
         .await?
         .context("member 0 is not registered")?;
+    // Units scheduled to that machine ID: one running, one only loaded.
+    let (_dir, paths) = unit_files(&[("hello.service", HELLO), ("loaded.service", HELLO)])?;
+    fleetctl_ok(&cluster, &["start", &paths[0]]).await?;
+    fleetctl_ok(&cluster, &["load", &paths[1]]).await?;
+    wait_systemd(
+        &cluster,
+        0,
+        "hello.service",
+        ["loaded", "active", "running"],
+    )
+    .await?;
+    wait_systemd(
+        &cluster,
+        0,
+        "loaded.service",
+        ["loaded", "inactive", "dead"],
+    )
+    .await?;
+    let hello = cluster.main_pid(0, "hello.service").await?;
 
     let twin = cluster.add_member(Some(&id)).await?;
     cluster.start_fleet_no_block(twin).await?;
+    // Refused twice: the twin's fleetd exits, systemd starts it again
+    // (Restart=always) and it is refused again, touching nothing each time.
     let refused = wait_until(
-        "the twin's fleetd to refuse the machine ID",
+        "the twin's fleetd to refuse the machine ID twice",
         Duration::from_secs(60),
         || journal(&cluster, twin),
-        |text| text.contains("is already registered by another host"),
+        |text| {
+            text.matches("is already registered by another host")
+                .count()
+                >= 2
+        },
     )
     .await?;
     let line = refused
@@ -714,10 +739,36 @@ async fn a_second_host_with_the_same_machine_id_is_refused() -> anyhow::Result<(
         .context("member 0's record disappeared")?;
     assert_eq!(now["Token"], record["Token"], "the record was taken over");
     assert_eq!(now_lease, lease, "the record moved to another lease");
-    // The twin never became ready.
-    assert_ne!(
-        cluster.show(twin, "fleet.service", "ActiveState").await?,
-        "active"
+    // The twin's fleetd exits with an error, each time.
+    assert!(
+        refused.contains("status=1/FAILURE"),
+        "the twin's fleetd did not exit with an error:\n{refused}"
+    );
+    // It wrote, loaded and started nothing.
+    let units_dir = cluster.members[twin].machine.root_path("/run/fleet/units");
+    let written: Vec<String> = match std::fs::read_dir(&units_dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(
+        written.is_empty(),
+        "the twin wrote {written:?} to its units directory:\n{refused}"
+    );
+    for unit in ["hello.service", "loaded.service"] {
+        assert_eq!(
+            systemd_state(&cluster, twin, unit).await?,
+            ["not-found", "inactive", "dead"],
+            "the twin's systemd has {unit}:\n{refused}"
+        );
+    }
+    // The first host's units are untouched.
+    assert_eq!(cluster.main_pid(0, "hello.service").await?, hello);
+    assert_eq!(
+        systemd_state(&cluster, 0, "loaded.service").await?,
+        ["loaded", "inactive", "dead"]
     );
     Ok(())
 }
