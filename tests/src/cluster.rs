@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::etcd::{Etcd, EtcdOptions};
+use crate::etcd::{Etcd, EtcdCluster, EtcdOptions, leader_of};
 use crate::machine::{Machine, MachineSpec};
 use crate::net::{Netns, Network};
 use crate::util::{unique_name, wait_until};
@@ -81,8 +81,12 @@ impl Member {
 pub struct Cluster {
     /// The machines.
     pub members: Vec<Member>,
-    /// The etcd every fleetd talks to.
+    /// The etcd every fleetd talks to (member 0 of a multi-member etcd,
+    /// see [`Cluster::start_quorum`]).
     pub etcd: Etcd,
+    /// The other members of a multi-member etcd (empty with a single one);
+    /// reach every member through [`Cluster::etcd_member`].
+    etcd_peers: Vec<Etcd>,
     /// The bridge and namespaces.
     pub net: Network,
     /// Copies of the binaries under test, bound into the machines.
@@ -128,6 +132,18 @@ impl Cluster {
     /// Builds the network, starts etcd on the bridge, boots the machines in
     /// parallel and starts fleet on each.
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        Cluster::start_with_etcd(options, 1).await
+    }
+
+    /// [`Cluster::start`] with a 3-member etcd on the bridge: every
+    /// fleet.conf lists all three endpoints in `etcd_servers`. Kill and
+    /// restart members with [`Cluster::etcd_member`]; find the leader with
+    /// [`Cluster::etcd_leader`].
+    pub async fn start_quorum(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        Cluster::start_with_etcd(options, 3).await
+    }
+
+    async fn start_with_etcd(options: ClusterOptions, etcd_size: usize) -> anyhow::Result<Cluster> {
         let bin_dir = tempfile::Builder::new()
             .prefix("fleet-bin-")
             .tempdir()
@@ -138,10 +154,16 @@ impl Cluster {
         }
 
         let mut net = Network::new()?;
-        let etcd = Etcd::start_with(EtcdOptions {
+        let etcd_options = EtcdOptions {
             listen_ips: vec![net.host_ip()],
-        })
-        .await?;
+        };
+        let (etcd, etcd_peers) = if etcd_size > 1 {
+            let mut members = EtcdCluster::start(etcd_size, etcd_options).await?.members;
+            let first = members.remove(0);
+            (first, members)
+        } else {
+            (Etcd::start_with(etcd_options).await?, Vec::new())
+        };
 
         let mut boots = Vec::new();
         let mut namespaces = Vec::new();
@@ -170,6 +192,7 @@ impl Cluster {
         let cluster = Cluster {
             members,
             etcd,
+            etcd_peers,
             net,
             bin_dir,
             options,
@@ -213,7 +236,7 @@ impl Cluster {
         )?;
         let conf = format!(
             "etcd_servers={etcd}\npublic_ip={ip}\nmetadata=hostname={host},index={i}\nagent_ttl={ttl}\nengine_reconcile_interval={interval}\n{extra}\n",
-            etcd = self.etcd.endpoint_on(self.net.host_ip()),
+            etcd = self.etcd_endpoints_for_machines().join(","),
             host = m.name(),
             ttl = self.options.agent_ttl,
             interval = self.options.reconcile_interval,
@@ -387,6 +410,48 @@ impl Cluster {
         let text = self.show(i, unit, "MainPID").await?;
         text.parse()
             .with_context(|| format!("MainPID of {unit} is not a number: {text:?}"))
+    }
+
+    /// How many etcd members the cluster runs.
+    pub fn etcd_size(&self) -> usize {
+        1 + self.etcd_peers.len()
+    }
+
+    /// etcd member `k` (0 is [`Cluster::etcd`]), to kill and restart.
+    ///
+    /// # Panics
+    /// When `k` is not below [`Cluster::etcd_size`].
+    pub fn etcd_member(&mut self, k: usize) -> &mut Etcd {
+        match k {
+            0 => &mut self.etcd,
+            k => &mut self.etcd_peers[k - 1],
+        }
+    }
+
+    /// Every etcd member's endpoint on the bridge, as fleet.conf lists them.
+    pub fn etcd_endpoints_for_machines(&self) -> Vec<String> {
+        let ip = self.net.host_ip();
+        std::iter::once(&self.etcd)
+            .chain(&self.etcd_peers)
+            .map(|m| m.endpoint_on(ip))
+            .collect()
+    }
+
+    /// Every etcd member's endpoint on 127.0.0.1, for clients on the host.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        std::iter::once(&self.etcd)
+            .chain(&self.etcd_peers)
+            .map(Etcd::endpoint)
+            .collect()
+    }
+
+    /// The index of the etcd member that leads (see
+    /// [`crate::etcd::leader_of`]).
+    pub async fn etcd_leader(&self) -> anyhow::Result<usize> {
+        let members: Vec<&Etcd> = std::iter::once(&self.etcd)
+            .chain(&self.etcd_peers)
+            .collect();
+        leader_of(&members).await
     }
 
     /// Cuts member `i` off the network (nftables in its namespace).

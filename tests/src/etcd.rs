@@ -15,6 +15,12 @@
 //!
 //! Outage tests use [`Etcd::stop`] (SIGTERM), [`Etcd::kill`] (SIGKILL) and
 //! [`Etcd::restart`], which keep the data and the ports.
+//!
+//! [`EtcdCluster`] runs several members (peers on 127.0.0.1, clients also on
+//! the extra listen addresses), each an [`Etcd`] with its own guardian, so
+//! any one of them can be killed and brought back with its data while the
+//! others keep quorum. [`EtcdCluster::leader`] asks each member's
+//! maintenance status which one leads.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -50,6 +56,18 @@ kill -9 "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
 [ "$cmd" = keep ] || rm -rf "$TB_ETCD_DIR"
 "#;
+
+/// Raft timing of a single member: a heartbeat every 10 ms, an election
+/// after 100 ms without one.
+const SINGLE_TIMING: (&str, &str) = ("10", "100");
+
+/// Raft timing of cluster members: a little slower than a single member's, so
+/// a busy 2-core CI machine does not trigger elections at random, and still
+/// a new leader within a few hundred milliseconds.
+const CLUSTER_TIMING: (&str, &str) = ("20", "200");
+
+/// How long [`EtcdCluster::leader`] waits for the members to agree on one.
+const LEADER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Where etcd listens besides 127.0.0.1.
 #[derive(Clone, Debug, Default)]
@@ -96,6 +114,17 @@ pub struct Etcd {
     dir: PathBuf,
     /// The current etcd process and its guardian.
     running: Option<Running>,
+    /// The cluster this member belongs to; `None` for a single member.
+    membership: Option<Membership>,
+}
+
+/// What a member of a multi-member cluster needs to find its peers.
+#[derive(Clone, Debug)]
+struct Membership {
+    /// `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
+    /// `--initial-cluster-token`, the same for all members.
+    token: String,
 }
 
 /// One etcd process under its guardian.
@@ -157,6 +186,7 @@ impl Etcd {
                 metrics_port: ports[2],
                 dir,
                 running: None,
+                membership: None,
             };
             match etcd.launch() {
                 Ok(()) => return Ok(etcd),
@@ -264,6 +294,7 @@ impl Etcd {
             metrics_port: self.metrics_port,
             dir: PathBuf::new(),
             running: None,
+            membership: self.membership.clone(),
         }
     }
 
@@ -289,7 +320,15 @@ impl Etcd {
         let mut client_urls = vec![self.endpoint()];
         client_urls.extend(self.listen_ips.iter().map(|ip| self.endpoint_on(*ip)));
         let client_urls = client_urls.join(",");
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
+        let (initial_cluster, token, timing) = match &self.membership {
+            Some(m) => (m.initial_cluster.clone(), m.token.clone(), CLUSTER_TIMING),
+            None => (
+                format!("{}={peer}", self.name),
+                self.name.clone(),
+                SINGLE_TIMING,
+            ),
+        };
         let mut args: Vec<String> = vec![
             "--name".into(),
             self.name.clone(),
@@ -302,20 +341,20 @@ impl Etcd {
             "--listen-peer-urls".into(),
             peer.clone(),
             "--initial-advertise-peer-urls".into(),
-            peer.clone(),
+            peer,
             "--initial-cluster".into(),
-            format!("{}={peer}", self.name),
+            initial_cluster,
             "--initial-cluster-state".into(),
             "new".into(),
             "--initial-cluster-token".into(),
-            self.name.clone(),
+            token,
         ];
         args.extend(
             [
                 "--heartbeat-interval",
-                "10",
+                timing.0,
                 "--election-timeout",
-                "100",
+                timing.1,
                 "--log-level",
                 "warn",
                 "--logger",
@@ -339,8 +378,19 @@ impl Etcd {
         args
     }
 
+    /// The peer URL, on 127.0.0.1.
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
     /// Start etcd under its guardian and wait until it is healthy.
     fn launch(&mut self) -> Result<(), Launch> {
+        let running = self.spawn()?;
+        self.wait_healthy(running)
+    }
+
+    /// Start etcd under its guardian.
+    fn spawn(&self) -> Result<Running, Launch> {
         let mut guardian = Command::new("sh")
             .arg("-c")
             .arg(GUARDIAN)
@@ -369,11 +419,17 @@ impl Etcd {
                 "the guardian did not report etcd's PID (got {line:?})"
             )));
         };
-        let running = Running {
+        Ok(Running {
             pid,
             control,
             guardian,
-        };
+        })
+    }
+
+    /// Wait until the etcd of `running` is healthy, then keep it; or end it
+    /// (removing the directory) and say why it failed.
+    fn wait_healthy(&mut self, running: Running) -> Result<(), Launch> {
+        let pid = running.pid;
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
             if healthy(self.health_port()) {
@@ -494,6 +550,158 @@ pub fn shared() -> anyhow::Result<&'static Etcd> {
         .map_err(|e| anyhow::anyhow!("the shared etcd did not start: {e}"))
 }
 
+/// A multi-member etcd cluster: each member an [`Etcd`] on its own free
+/// ports and data directory. Dropping it kills every member and removes the
+/// data.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    /// The members, in a fixed order (indexes stay valid across kills and
+    /// restarts).
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Start `size` members, also serving clients on `options.listen_ips`,
+    /// and wait until every one is healthy (which needs a leader).
+    pub async fn start(size: usize, options: EtcdOptions) -> anyhow::Result<EtcdCluster> {
+        tokio::task::spawn_blocking(move || EtcdCluster::start_blocking(size, &options))
+            .await
+            .context("the task starting the etcd cluster failed")?
+    }
+
+    fn start_blocking(size: usize, options: &EtcdOptions) -> anyhow::Result<EtcdCluster> {
+        if size == 0 {
+            bail!("an etcd cluster needs at least one member");
+        }
+        let bin = require_tool("etcd")?;
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let token = unique_name("tb-etcd-cluster");
+            let mut members = Vec::with_capacity(size);
+            for i in 0..size {
+                let ports = free_ports(3)?;
+                let dir = tempfile::Builder::new()
+                    .prefix("tb-etcd.")
+                    .tempdir_in("/dev/shm")
+                    .context("cannot create a data directory for etcd under /dev/shm")?
+                    .keep();
+                members.push(Etcd {
+                    bin: bin.clone(),
+                    name: format!("{token}-{i}"),
+                    client_port: ports[0],
+                    peer_port: ports[1],
+                    listen_ips: options.listen_ips.clone(),
+                    tls: None,
+                    metrics_port: ports[2],
+                    dir,
+                    running: None,
+                    membership: None,
+                });
+            }
+            let initial_cluster = members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in &mut members {
+                m.membership = Some(Membership {
+                    initial_cluster: initial_cluster.clone(),
+                    token: token.clone(),
+                });
+            }
+            // All members first: none is healthy before a quorum runs.
+            let mut spawned = Vec::with_capacity(size);
+            for m in &members {
+                match m.spawn() {
+                    Ok(running) => spawned.push(running),
+                    Err(Launch::PortTaken(log)) => bail!("etcd failed to start: {log}"),
+                    Err(Launch::Failed(e)) => return Err(e),
+                }
+            }
+            let mut outcome = Ok(());
+            for (m, running) in members.iter_mut().zip(spawned) {
+                if outcome.is_ok() {
+                    outcome = m.wait_healthy(running);
+                } else {
+                    running.finish(false);
+                }
+            }
+            match outcome {
+                Ok(()) => return Ok(EtcdCluster { members }),
+                Err(Launch::PortTaken(log)) => last = Some(log),
+                Err(Launch::Failed(e)) => return Err(e),
+            }
+        }
+        bail!(
+            "the etcd cluster could not bind free ports in {PORT_ATTEMPTS} attempts; last log:\n{}",
+            last.unwrap_or_default()
+        )
+    }
+
+    /// Every member's client endpoint on 127.0.0.1.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// Every member's client endpoint on `ip` (one of the extra listen
+    /// addresses).
+    pub fn endpoints_on(&self, ip: Ipv4Addr) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint_on(ip)).collect()
+    }
+
+    /// The index of the member that leads, as the running members report
+    /// it; waits up to 10 s for them to have one.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        leader_of(&self.members.iter().collect::<Vec<_>>()).await
+    }
+}
+
+/// The index in `members` of the one that leads: the member whose own ID is
+/// the leader its maintenance status names. Stopped members are skipped;
+/// waits up to 10 s for an elected leader that runs.
+pub async fn leader_of(members: &[&Etcd]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + LEADER_WITHIN;
+    let mut last = String::from("no member runs");
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            if m.pid().is_none() {
+                continue;
+            }
+            match member_status(&m.endpoint()).await {
+                Ok((id, leader)) if id == leader => return Ok(i),
+                Ok((id, leader)) => last = format!("member {i} ({id:x}) follows {leader:x}"),
+                Err(e) => last = format!("member {i}: {e:#}"),
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("the etcd members have no leader after {LEADER_WITHIN:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (own member ID, leader's member ID) from the maintenance status of the
+/// member at `endpoint`.
+async fn member_status(endpoint: &str) -> anyhow::Result<(u64, u64)> {
+    let bound = Duration::from_secs(1);
+    let ask = async {
+        let options = etcd_client::ConnectOptions::new()
+            .with_timeout(bound)
+            .with_connect_timeout(bound);
+        let mut client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+        client.status().await
+    };
+    let status = tokio::time::timeout(bound, ask)
+        .await
+        .with_context(|| format!("no status from {endpoint} within {bound:?}"))?
+        .with_context(|| format!("cannot read the status of {endpoint}"))?;
+    let id = status
+        .header()
+        .map(etcd_client::ResponseHeader::member_id)
+        .with_context(|| format!("the status of {endpoint} has no header"))?;
+    Ok((id, status.leader()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,6 +738,28 @@ mod tests {
             format!("http://127.0.0.2:{}", etcd.port())
         );
         assert_eq!(etcd.endpoint_on(extra), etcd.client_url_for_machines());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cluster_elects_again_and_takes_a_member_back() -> anyhow::Result<()> {
+        let mut cluster = EtcdCluster::start(3, EtcdOptions::default()).await?;
+        let leader = cluster.leader().await?;
+        let dir = cluster.members[leader].dir().to_path_buf();
+        cluster.members[leader].kill().await?;
+        let next = cluster.leader().await?;
+        assert_ne!(next, leader, "a killed member cannot lead");
+        cluster.members[leader].restart().await?;
+        assert!(dir.join("data").exists(), "the member keeps its data");
+        assert!(healthy(cluster.members[leader].port()));
+        let pids: Vec<u32> = cluster.members.iter().filter_map(Etcd::pid).collect();
+        assert_eq!(pids.len(), 3);
+        drop(cluster);
+        assert!(
+            pids.iter().all(|p| !is_alive(*p)),
+            "drop kills every member"
+        );
+        assert!(!dir.exists(), "drop removes the data");
         Ok(())
     }
 }

@@ -36,6 +36,24 @@
 //!   watch ends its stream with `Compacted` when etcd says the start revision
 //!   is gone, `Unavailable` otherwise.
 //!
+//! - Several endpoints: etcd-client balances requests over all of them
+//!   (tonic's power-of-two-choices balancer over lazily connected
+//!   endpoints). A dead member does not leave the balancer: its endpoint
+//!   reports ready, and each request routed to it fails at once when the
+//!   connection is refused (about one request in three with one of three
+//!   members down). So requests are retried on the others, within the
+//!   request timeout: reads, lease grants, keep-alives and revokes on any
+//!   transient failure (repeating them changes nothing that matters: a
+//!   duplicate lease just expires), transactions and compactions only when
+//!   the failure shows the request never left this process (tonic's
+//!   `ConnectError`), since one that reached a member which then died may
+//!   have been applied. A repeatable request still unanswered after half the
+//!   timeout is abandoned and sent again: a follower holds a request while
+//!   the leader it forwards to is dead, until an election is over. The first
+//!   retry is immediate, the next ones wait 10 ms, doubling up to 200 ms.
+//!   Watches are not retried here: a broken watch ends its stream and the
+//!   cache starts another one.
+//!
 //! - TLS and authentication come from [`EtcdConnectOptions`] (fleet's
 //!   `etcd_cafile`, `etcd_certfile`, `etcd_keyfile`, `etcd_username`,
 //!   `etcd_password`) through [`EtcdKv::connect_with`]; TLS is rustls with
@@ -82,6 +100,14 @@ pub const MAX_PAGE: usize = 1000;
 
 /// How often a watch asks for a progress notification.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pause before the second retry of a failed request; it doubles up
+/// to [`RETRY_MAX_DELAY`]. The first retry is immediate: the balancer picks
+/// an endpoint at random, so it most likely reaches another member.
+const RETRY_DELAY: Duration = Duration::from_millis(10);
+
+/// The longest pause between retries of a failed request.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(200);
 
 /// HTTP/2 keep-alive ping interval while a stream is open (etcd refuses
 /// pings more often than every 5 s).
@@ -245,6 +271,17 @@ mod code {
     pub const OUT_OF_RANGE: i32 = 11;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
+
+    /// The codes etcd uses for transient trouble.
+    pub const TRANSIENT: [i32; 7] = [
+        CANCELLED,
+        UNKNOWN,
+        DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED,
+        ABORTED,
+        INTERNAL,
+        UNAVAILABLE,
+    ];
 }
 
 /// Classify an etcd-client error. `Compacted` and `LeaseNotFound` come out
@@ -263,16 +300,7 @@ fn map_err(op: String, e: ec::Error) -> Error {
             if c == code::NOT_FOUND && msg.contains("lease not found") {
                 return Error::LeaseNotFound(0);
             }
-            let transient = [
-                code::CANCELLED,
-                code::UNKNOWN,
-                code::DEADLINE_EXCEEDED,
-                code::RESOURCE_EXHAUSTED,
-                code::ABORTED,
-                code::INTERNAL,
-                code::UNAVAILABLE,
-            ];
-            if transient.contains(&c) {
+            if code::TRANSIENT.contains(&c) {
                 Error::Unavailable {
                     op,
                     source: Box::new(e),
@@ -300,6 +328,47 @@ fn map_err(op: String, e: ec::Error) -> Error {
             op,
             source: Box::new(e),
         },
+    }
+}
+
+/// Which failed requests [`EtcdKv::call_retrying`] repeats.
+#[derive(Clone, Copy, Debug)]
+enum Retry {
+    /// Any transient failure: repeating the request has the effect of one
+    /// success (reads, keep-alives, revokes, grants).
+    Transient,
+    /// Only a failure to connect: the request never reached etcd, while one
+    /// that did may have been applied (transactions).
+    Unsent,
+}
+
+/// Whether `e` is a failure to connect to a member, so the request was never
+/// sent (tonic puts its `ConnectError` in the status' source chain).
+fn never_sent(e: &ec::Error) -> bool {
+    let ec::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Whether [`map_err`] makes `e` an `Unavailable`.
+fn transient(e: &ec::Error) -> bool {
+    match e {
+        ec::Error::GRpcStatus(status) => code::TRANSIENT.contains(&i32::from(status.code())),
+        ec::Error::LeaseKeepAliveError(msg) => !msg.contains("lease not found"),
+        ec::Error::TransportError(_)
+        | ec::Error::IoError(_)
+        | ec::Error::WatchError(_)
+        | ec::Error::EndpointError(_)
+        | ec::Error::Internal(_) => true,
+        _ => false,
     }
 }
 
@@ -519,18 +588,27 @@ impl EtcdKv {
         if let Some(at) = at {
             options = options.with_revision(at.0);
         }
-        let mut kv = self.kv_client();
-        let op = || format!("reading {prefix}");
-        let resp = match tokio::time::timeout(self.timeout, kv.get(start, Some(options))).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) if too_large(&e) => return Ok(None),
-            Ok(Err(e)) => return Err(with_requested(map_err(op(), e), at.map_or(0, |r| r.0))),
-            Err(elapsed) => {
-                return Err(Error::Unavailable {
-                    op: op(),
-                    source: Box::new(elapsed),
-                });
-            }
+        let kv = self.kv_client();
+        let resp = self
+            .call_retrying(
+                || format!("reading {prefix}"),
+                Retry::Transient,
+                || {
+                    let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+                    async move {
+                        match kv.get(start, Some(options)).await {
+                            Ok(resp) => Ok(Some(resp)),
+                            // Too large is no failure: the caller asks for fewer keys.
+                            Err(e) if too_large(&e) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                },
+            )
+            .await
+            .map_err(|e| with_requested(e, at.map_or(0, |r| r.0)))?;
+        let Some(resp) = resp else {
+            return Ok(None);
         };
         let revision = match at {
             Some(r) if r.0 > 0 => r,
@@ -613,14 +691,74 @@ impl EtcdKv {
     /// Compact etcd's history before `rev` (physically, so it has happened
     /// when this returns). It affects the whole keyspace, not a prefix.
     pub async fn compact(&self, rev: Revision) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let options = ec::CompactionOptions::new().with_physical();
-        self.call(
+        self.call_retrying(
             || format!("compacting to {rev}"),
-            kv.compact(rev.0, Some(options)),
+            Retry::Unsent,
+            || {
+                let (mut kv, options) = (kv.clone(), options.clone());
+                async move { kv.compact(rev.0, Some(options)).await }
+            },
         )
         .await
         .map(drop)
+    }
+
+    /// Run a request made by `attempt` until it succeeds, fails for good
+    /// (per `retry`) or the request timeout is up, pausing a little between
+    /// attempts; classify the last failure.
+    async fn call_retrying<T, F>(
+        &self,
+        op: impl Fn() -> String,
+        retry: Retry,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T, ec::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        // A request a member accepted but cannot answer (a follower waiting
+        // for a leader that was just killed) is abandoned halfway, when it
+        // may be repeated, so the repetition still has time.
+        let attempt_bound = match retry {
+            Retry::Transient => self.timeout / 2,
+            Retry::Unsent => self.timeout,
+        };
+        let mut delay = Duration::ZERO;
+        loop {
+            let until = deadline.min(Instant::now() + attempt_bound);
+            let e = match tokio::time::timeout_at(until, attempt()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(elapsed)
+                    if Instant::now() >= deadline || !matches!(retry, Retry::Transient) =>
+                {
+                    return Err(Error::Unavailable {
+                        op: op(),
+                        source: Box::new(elapsed),
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(op = %op(), "etcd request unanswered; retrying");
+                    continue;
+                }
+            };
+            let again = match retry {
+                Retry::Unsent => never_sent(&e),
+                Retry::Transient => transient(&e),
+            };
+            if !again || Instant::now() + delay >= deadline {
+                return Err(map_err(op(), e));
+            }
+            tracing::debug!(op = %op(), error = %e, "etcd request failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = if delay.is_zero() {
+                RETRY_DELAY
+            } else {
+                (delay * 2).min(RETRY_MAX_DELAY)
+            };
+        }
     }
 
     /// Run one request under the timeout, classifying its failure.
@@ -670,9 +808,16 @@ fn convert_op(op: Op) -> ec::TxnOp {
 
 impl Kv for EtcdKv {
     async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
-        let mut kv = self.kv_client();
+        let kv = self.kv_client();
         let resp = self
-            .call(|| format!("reading {key}"), kv.get(key, None))
+            .call_retrying(
+                || format!("reading {key}"),
+                Retry::Transient,
+                || {
+                    let mut kv = kv.clone();
+                    async move { kv.get(key, None).await }
+                },
+            )
             .await?;
         let found = resp.kvs().first().and_then(convert_kv);
         Ok((found, Revision(header_revision(resp.header()))))
@@ -734,9 +879,16 @@ impl Kv for EtcdKv {
             )
             .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
-        let mut kv = self.kv_client();
+        let kv = self.kv_client();
         let resp = self
-            .call(|| "running a transaction".to_owned(), kv.txn(request))
+            .call_retrying(
+                || "running a transaction".to_owned(),
+                Retry::Unsent,
+                || {
+                    let (mut kv, request) = (kv.clone(), request.clone());
+                    async move { kv.txn(request).await }
+                },
+            )
             .await
             .map_err(|e| with_lease(e, lease))?;
         let mut gets = Vec::new();
@@ -759,11 +911,15 @@ impl Kv for EtcdKv {
     async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
+        let lease = self.client.lease_client();
         let resp = self
-            .call(
+            .call_retrying(
                 || format!("granting a lease of {secs} s"),
-                lease.grant(secs, None),
+                Retry::Transient,
+                || {
+                    let mut lease = lease.clone();
+                    async move { lease.grant(secs, None).await }
+                },
             )
             .await?;
         if !resp.error().is_empty() {
@@ -776,14 +932,22 @@ impl Kv for EtcdKv {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let mut client = self.client.lease_client();
-        let exchange = async move {
-            let (mut keeper, mut stream) = client.keep_alive(lease.0).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
+        let client = self.client.lease_client();
+        // A fresh stream per attempt, so a retry reaches another member.
+        let exchange = || {
+            let mut client = client.clone();
+            async move {
+                let (mut keeper, mut stream) = client.keep_alive(lease.0).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            }
         };
         let resp = self
-            .call(|| format!("keeping lease {} alive", lease.0), exchange)
+            .call_retrying(
+                || format!("keeping lease {} alive", lease.0),
+                Retry::Transient,
+                exchange,
+            )
             .await
             .map_err(|e| with_lease(e, lease.0))?;
         match resp {
@@ -797,11 +961,15 @@ impl Kv for EtcdKv {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.lease_client();
+        let client = self.client.lease_client();
         match self
-            .call(
+            .call_retrying(
                 || format!("revoking lease {}", lease.0),
-                client.revoke(lease.0),
+                Retry::Transient,
+                || {
+                    let mut client = client.clone();
+                    async move { client.revoke(lease.0).await }
+                },
             )
             .await
         {
