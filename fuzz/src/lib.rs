@@ -17,4 +17,3 @@ pub fn grouped(options: &[UnitOption]) -> Vec<UnitOption> {
         .cloned()
         .collect()
 }
-
