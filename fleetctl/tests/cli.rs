@@ -902,3 +902,63 @@ async fn version_help_and_flag_errors() {
     let r = fleetctl_env(d, &[], &["completion", "tcsh"]).await;
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// A `Description` continued with a backslash keeps its newline, and the
+/// table breaks the line there as Go's tabwriter does (the goldens are
+/// derived in render.rs's tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiline_descriptions_align_as_go() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "a-rather-long-name.service",
+        "[Unit]\nDescription=Hello \\\n    World\n\n[Service]\nExecStart=/bin/true\n",
+    );
+    write(
+        d,
+        "b.service",
+        "[Unit]\nDescription=Bye\n\n[Service]\nExecStart=/bin/true\n",
+    );
+    let r = fleetctl(
+        &server,
+        d,
+        &["submit", "a-rather-long-name.service", "b.service"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // [UNIT, DESC] [a-rather..., "Hello \"] ["    World"] [b.service, Bye]:
+    // the one-cell line splits column 0 into two blocks (32 and 16 wide).
+    let r = fleetctl(&server, d, &["list-unit-files", "--fields=unit,desc"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (
+            0,
+            "UNIT\t\t\t\tDESC\na-rather-long-name.service\tHello \\\n    World\nb.service\tBye\n",
+            ""
+        ),
+        "{r:?}"
+    );
+    // With DSTATE after it every line has a column-0 cell (one block, 32
+    // wide), while column 1 has two one-line blocks, DESC and Bye.
+    let r = fleetctl(
+        &server,
+        d,
+        &["list-unit-files", "--fields=unit,desc,dstate"],
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (
+            0,
+            "UNIT\t\t\t\tDESC\tDSTATE\n\
+             a-rather-long-name.service\tHello \\\n\
+             \x20   World\t\t\tinactive\n\
+             b.service\t\t\tBye\tinactive\n",
+            ""
+        ),
+        "{r:?}"
+    );
+}
