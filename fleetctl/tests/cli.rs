@@ -962,3 +962,158 @@ async fn multiline_descriptions_align_as_go() {
         "{r:?}"
     );
 }
+
+/// Asserts a run's exit code, stdout and stderr at once.
+fn expect(r: &Run, code: i32, stdout: &str, stderr: &str) {
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (code, stdout, stderr),
+        "{r:?}"
+    );
+}
+
+/// `stop`, `unload`, `restart` and `status` on units the registry does not
+/// have or that are not running, worded and exiting as the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_commands_on_missing_and_inactive_units() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // As destroy: nothing known is not an error.
+    for cmd in ["stop", "unload"] {
+        let r = fleetctl(&server, d, &[cmd, "nope.service"]).await;
+        expect(&r, 0, "", "Units not found in registry\n");
+    }
+    // status with no units has nothing to do.
+    let r = fleetctl(&server, d, &["status"]).await;
+    expect(&r, 0, "", "");
+
+    write(d, "x.service", "[Service]\nExecStart=/bin/true\n");
+    write(d, "y.service", "[Service]\nExecStart=/bin/true\n");
+    assert_eq!(fleetctl(&server, d, &["submit", "x.service"]).await.code, 0);
+    assert_eq!(fleetctl(&server, d, &["start", "y.service"]).await.code, 0);
+
+    // restart reports an inactive unit and goes on with the next.
+    let r = fleetctl(&server, d, &["restart", "x.service"]).await;
+    expect(
+        &r,
+        0,
+        "",
+        "Unable to restart unit x.service in state inactive\n",
+    );
+    let before = server.requests().len();
+    let r = fleetctl(&server, d, &["restart", "x.service", "y.service"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .starts_with("Unable to restart unit x.service in state inactive\n"),
+        "{r:?}"
+    );
+    let puts: Vec<_> = server.requests()[before..]
+        .iter()
+        .filter(|q| q.starts_with("PUT /fleet/v1/units/"))
+        .cloned()
+        .collect();
+    assert!(
+        puts.iter()
+            .all(|q| q.starts_with("PUT /fleet/v1/units/y.service"))
+            && puts.len() == 2,
+        "y.service stopped and started again: {puts:#?}"
+    );
+
+    let r = fleetctl(&server, d, &["status", "x.service"]).await;
+    expect(&r, 1, "", "Unit x.service does not appear to be loaded.\n");
+    let r = fleetctl(&server, d, &["journal", "x.service"]).await;
+    expect(&r, 1, "", "Unit x.service does not appear to be running.\n");
+
+    write(
+        d,
+        "g.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    assert_eq!(fleetctl(&server, d, &["start", "g.service"]).await.code, 0);
+    let r = fleetctl(&server, d, &["journal", "g.service"]).await;
+    expect(
+        &r,
+        1,
+        "",
+        "Unable to retrieve journal of global unit g.service.\n",
+    );
+    let r = fleetctl(&server, d, &["status", "g.service"]).await;
+    expect(
+        &r,
+        1,
+        "",
+        "Unable to determine status of global unit g.service.\n",
+    );
+}
+
+/// `ssh`'s lookup errors, as the original words them. None of these gets
+/// as far as connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_lookup_messages() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A unit whose name is also a prefix of M1's ID.
+    write(d, "113f.service", "[Service]\nExecStart=/bin/true\n");
+    write(d, "idle.service", "[Service]\nExecStart=/bin/true\n");
+    write(
+        d,
+        "g.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    assert_eq!(
+        fleetctl(&server, d, &["start", "113f.service"]).await.code,
+        0
+    );
+    assert_eq!(
+        fleetctl(&server, d, &["submit", "idle.service", "g.service"])
+            .await
+            .code,
+        0
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["ssh", "113f"],
+            "Unable to proceed: ambiguous argument, both machine and unit found for `113f`.\n\
+             Please use flag `-m` or `-u` to refine the search\n",
+        ),
+        (
+            &["ssh"],
+            "Unable to proceed: one machine or unit must be provided\n",
+        ),
+        (
+            &["ssh", "zzz"],
+            "Unable to proceed: could not find matching unit or machine\n",
+        ),
+        (
+            &["ssh", "--machine=zzz"],
+            "Unable to proceed: machine does not exist\n",
+        ),
+        (
+            &["ssh", "--machine=2aa"],
+            "Could not determine address of machine.\n",
+        ),
+        (
+            &["ssh", "--unit=nope"],
+            "Unable to proceed: unit does not exist\n",
+        ),
+        (
+            &["ssh", "--unit=g.service"],
+            "Unable to proceed: global units unsupported\n",
+        ),
+        (
+            &["ssh", "--unit=idle"],
+            "Could not determine address of machine.\n",
+        ),
+        (
+            &["ssh", "--machine=1", "--unit=idle"],
+            "Both machine and unit flags provided, please specify only one.\n",
+        ),
+    ];
+    for (args, stderr) in cases {
+        let r = fleetctl(&server, d, args).await;
+        expect(&r, 1, "", stderr);
+    }
+}
