@@ -800,6 +800,23 @@ async fn unreachable_endpoints_are_named() {
     );
     assert_eq!(r.stderr.lines().count(), 1, "printed once: {r:?}");
 
+    // list-machines words it as the original, with its hints.
+    let r = fleetctl_env(d, &[], &["--endpoint", &sock, "list-machines"]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{r:?}");
+    let (first, hints) = r.stderr.split_once('\n').unwrap_or_default();
+    assert!(
+        first.starts_with(&format!(
+            "Error retrieving list of active machines from fleet API (cannot reach fleet at {sock}: "
+        )) && first.ends_with(')'),
+        "{r:?}"
+    );
+    assert_eq!(
+        hints,
+        "Possible issues:\n  etcd is unhealthy and/or lost quorum\n  \
+         connection cannot be established to any etcd servers\n",
+        "{r:?}"
+    );
+
     // A TCP port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
