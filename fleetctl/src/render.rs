@@ -28,18 +28,72 @@ const MIN_WIDTH: usize = 0;
 /// Aligns `lines`, each a list of cells, as Go's `text/tabwriter` does with
 /// fleetctl's settings. Every line is terminated by `\n`.
 ///
-/// As in Go, cell `j` of a line is part of column `j` only when a later cell
-/// follows it; a column's width is computed over each maximal run of
-/// consecutive lines that have a cell in that column ("column blocks").
+/// The original wrote each row as its cells joined by TABs plus a newline,
+/// so this joins them the same way and hands the text to [`tabwrite_text`]:
+/// a cell that itself holds a newline (a `Description` kept with its
+/// backslash-newline continuation) ends the line there, and what follows
+/// the newline is the first cell of a new line.
 pub fn tabwrite<S: AsRef<str>>(lines: &[Vec<S>]) -> String {
-    let lines: Vec<Vec<&str>> = lines
-        .iter()
-        .map(|l| l.iter().map(AsRef::as_ref).collect())
-        .collect();
+    let mut text = String::new();
+    for line in lines {
+        for (j, cell) in line.iter().enumerate() {
+            if j > 0 {
+                text.push('\t');
+            }
+            text.push_str(cell.as_ref());
+        }
+        text.push('\n');
+    }
+    tabwrite_text(&text)
+}
+
+/// Aligns `text` as Go's `text/tabwriter` (minwidth 0, tabwidth 8,
+/// padding 1, padchar TAB, no flags) followed by `Flush` does.
+///
+/// The text is cut into cells at TAB and vertical tab, and into lines at
+/// newline and form feed. Cell `j` of a line is part of column `j` only when
+/// a later cell follows it; a column's width is computed over each maximal
+/// run of consecutive lines that have a cell in that column ("column
+/// blocks"), so a line with fewer cells starts new blocks below it. A form
+/// feed also ends every block (Go flushes there) and is written as a
+/// newline. Text after the last line end is written unpadded with no
+/// newline, and if its last cell is empty that cell's TAB is dropped, as in
+/// Go.
+pub fn tabwrite_text(text: &str) -> String {
     let mut out = String::new();
-    let mut widths = Vec::new();
-    format_block(&lines, &mut widths, 0, lines.len(), &mut out);
+    // The lines since the last flush; the last one is the line being
+    // filled, which Go writes without a newline.
+    let mut lines: Vec<Vec<&str>> = vec![Vec::new()];
+    let mut cell_start = 0;
+    for (i, ch) in text.char_indices() {
+        if !matches!(ch, '\t' | '\u{b}' | '\n' | '\u{c}') {
+            continue;
+        }
+        let line = lines.last_mut().expect("the line being filled exists");
+        line.push(&text[cell_start..i]);
+        cell_start = i + ch.len_utf8();
+        if ch == '\n' || ch == '\u{c}' {
+            lines.push(Vec::new());
+            if ch == '\u{c}' {
+                flush(&mut lines, &mut out);
+            }
+        }
+    }
+    if cell_start < text.len() {
+        let line = lines.last_mut().expect("the line being filled exists");
+        line.push(&text[cell_start..]);
+    }
+    flush(&mut lines, &mut out);
     out
+}
+
+/// Go's `Writer.flush`: formats and writes the buffered lines, then starts
+/// an empty buffer.
+fn flush(lines: &mut Vec<Vec<&str>>, out: &mut String) {
+    let mut widths = Vec::new();
+    format_block(lines, &mut widths, 0, lines.len(), out);
+    lines.clear();
+    lines.push(Vec::new());
 }
 
 /// Go's `Writer.format`: lays out lines `line0..line1` whose columns left of
@@ -76,7 +130,8 @@ fn format_block(
     write_lines(lines, widths, line0, line1, out);
 }
 
-/// Go's `Writer.writeLines` for TAB padding.
+/// Go's `Writer.writeLines` for TAB padding: every line but the last of the
+/// buffer ends with a newline.
 fn write_lines(
     lines: &[Vec<&str>],
     widths: &[usize],
@@ -84,7 +139,7 @@ fn write_lines(
     line1: usize,
     out: &mut String,
 ) {
-    for line in &lines[line0..line1] {
+    for (i, line) in lines.iter().enumerate().take(line1).skip(line0) {
         for (j, cell) in line.iter().enumerate() {
             out.push_str(cell);
             if let Some(&width) = widths.get(j)
@@ -97,7 +152,9 @@ fn write_lines(
                 out.extend(std::iter::repeat_n('\t', n.div_ceil(TAB_WIDTH)));
             }
         }
-        out.push('\n');
+        if i + 1 < lines.len() {
+            out.push('\n');
+        }
     }
 }
 
@@ -468,6 +525,128 @@ mod tests {
             vec!["b", "y"],
         ];
         assert_eq!(tabwrite(&lines), "a-very-long-cell\tx\nsingle line\nb\ty\n");
+    }
+
+    // Golden outputs for cells holding newlines. Each was derived by hand
+    // from Go's text/tabwriter algorithm: the rows are joined with TABs and
+    // newlines, a newline inside a cell ends the line, and a column's width
+    // is the widest cell plus 1 over each run of consecutive lines that have
+    // that column, rounded up to a multiple of 8.
+
+    #[test]
+    fn golden_multiline_last_column_splits_blocks() {
+        // Lines: [UNIT, DESC] [a-rather-long-name.service, "Hello \"]
+        // ["    World"] [b.service, Bye]. The one-cell line ends the first
+        // block of column 0: it spans the header and the long name,
+        // 26+1 = 27 → 32, so UNIT gets 4 TABs and the long name 1. The
+        // second block is b.service alone: 9+1 = 10 → 16, one TAB (three if
+        // the newline were not a line end).
+        let lines = vec![
+            vec!["UNIT", "DESC"],
+            vec!["a-rather-long-name.service", "Hello \\\n    World"],
+            vec!["b.service", "Bye"],
+        ];
+        assert_eq!(
+            tabwrite(&lines),
+            "UNIT\t\t\t\tDESC\na-rather-long-name.service\tHello \\\n    World\nb.service\tBye\n"
+        );
+    }
+
+    #[test]
+    fn golden_multiline_middle_column() {
+        // Lines: [UNIT, DESC, DSTATE] [x.service, "Hello \"]
+        // ["    wrapped words", launched] [y.service, short, inactive].
+        // Every line has a column-0 cell, so one block: the widest is the
+        // continuation's 17 → 18 → 24; UNIT 3 TABs, x.service and y.service
+        // 2, "    wrapped words" 1. Column 1 has two blocks, split by line 1
+        // (two cells, so its second is last): DESC alone (5 → 8, 1 TAB) and
+        // "short" alone (6 → 8, 1 TAB). "launched" is the last cell of its
+        // line, not in column 1.
+        let lines = vec![
+            vec!["UNIT", "DESC", "DSTATE"],
+            vec!["x.service", "Hello \\\n    wrapped words", "launched"],
+            vec!["y.service", "short", "inactive"],
+        ];
+        assert_eq!(
+            tabwrite(&lines),
+            "UNIT\t\t\tDESC\tDSTATE\n\
+             x.service\t\tHello \\\n\
+             \x20   wrapped words\tlaunched\n\
+             y.service\t\tshort\tinactive\n"
+        );
+    }
+
+    #[test]
+    fn golden_cell_ending_in_newline_leaves_an_empty_first_cell() {
+        // "a\tb\n\tc\ndd\te\tf\n": lines [a, b] ["", c] [dd, e, f]. Column 0
+        // is one block of width 2+1 = 3 → 8, so every cell (the empty one
+        // too) gets one TAB. Column 1 exists only on the last line: e, one
+        // TAB.
+        let lines = vec![vec!["a", "b\n", "c"], vec!["dd", "e", "f"]];
+        assert_eq!(tabwrite(&lines), "a\tb\n\tc\ndd\te\tf\n");
+    }
+
+    #[test]
+    fn golden_form_feed_and_unterminated_text() {
+        // A form feed ends the line, is written as a newline and flushes,
+        // so "b" does not share the block of the 12-character cell (which
+        // would give it 2 TABs). After the last newline "c\t" is written as
+        // "c": its empty last cell was never terminated, as in Go.
+        assert_eq!(
+            tabwrite_text("aaaaaaaaaaaa\tx\u{c}b\ty\nc\t"),
+            "aaaaaaaaaaaa\tx\nb\ty\nc"
+        );
+        // Vertical tabs end cells as TABs do.
+        assert_eq!(
+            tabwrite_text("abcdefgh\u{b}x\nab\u{b}y\n"),
+            "abcdefgh\tx\nab\t\ty\n"
+        );
+    }
+
+    #[test]
+    fn golden_list_machines_multiline_metadata() {
+        // --fields=metadata,machine,ip with a metadata value holding a
+        // newline. Lines: [METADATA, MACHINE, IP] ["note=two"]
+        // ["lines,role=web", "3d1219c7...", "127.0.0.1"]. The header's
+        // blocks stand alone: METADATA 9 → 16 (1 TAB), MACHINE 8 → 8
+        // (1 TAB). The last line's: 15 → 16 (1 TAB) and 12 → 16 (1 TAB).
+        let ms = [machine(
+            M1,
+            "127.0.0.1",
+            &[("role", "web"), ("note", "two\nlines")],
+        )];
+        let fields = parse_fields("metadata,machine,ip", LIST_MACHINES_FIELDS).unwrap();
+        assert_eq!(
+            list_machines(&fields, &ms, false, true),
+            "METADATA\tMACHINE\tIP\nnote=two\nlines,role=web\t3d1219c7...\t127.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn golden_list_units_multiline_cell() {
+        // --fields=unit,active,sub with an active state "x\ny". Lines:
+        // [UNIT, ACTIVE, SUB] [a.service, x] [y, running]
+        // [b.service, inactive, dead]. Column 0 is one block (every line has
+        // two or more cells): 9+1 = 10 → 16, so y gets 2 TABs. Column 1 has
+        // two blocks: ACTIVE alone (7 → 8, 1 TAB) and inactive alone
+        // (9 → 16, 1 TAB); together they would give ACTIVE 2 TABs.
+        let mk = |name: &str, active: &str, sub: &str| UnitState {
+            hash: String::new(),
+            machine_id: M1.into(),
+            name: name.into(),
+            systemd_active_state: active.into(),
+            systemd_load_state: "loaded".into(),
+            systemd_sub_state: sub.into(),
+        };
+        let states = vec![
+            mk("a.service", "x\ny", "running"),
+            mk("b.service", "inactive", "dead"),
+        ];
+        let fields = parse_fields("unit,active,sub", LIST_UNITS_FIELDS).unwrap();
+        assert_eq!(
+            list_units(&fields, &states, &MachineIndex::new(), false, true),
+            "UNIT\t\tACTIVE\tSUB\na.service\tx\ny\t\trunning\nb.service\tinactive\tdead\n"
+        );
     }
 
     #[test]

@@ -800,6 +800,23 @@ async fn unreachable_endpoints_are_named() {
     );
     assert_eq!(r.stderr.lines().count(), 1, "printed once: {r:?}");
 
+    // list-machines words it as the original, with its hints.
+    let r = fleetctl_env(d, &[], &["--endpoint", &sock, "list-machines"]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{r:?}");
+    let (first, hints) = r.stderr.split_once('\n').unwrap_or_default();
+    assert!(
+        first.starts_with(&format!(
+            "Error retrieving list of active machines from fleet API (cannot reach fleet at {sock}: "
+        )) && first.ends_with(')'),
+        "{r:?}"
+    );
+    assert_eq!(
+        hints,
+        "Possible issues:\n  etcd is unhealthy and/or lost quorum\n  \
+         connection cannot be established to any etcd servers\n",
+        "{r:?}"
+    );
+
     // A TCP port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -901,4 +918,219 @@ async fn version_help_and_flag_errors() {
     }
     let r = fleetctl_env(d, &[], &["completion", "tcsh"]).await;
     assert_eq!(r.code, 2, "{r:?}");
+}
+
+/// A `Description` continued with a backslash keeps its newline, and the
+/// table breaks the line there as Go's tabwriter does (the goldens are
+/// derived in render.rs's tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiline_descriptions_align_as_go() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "a-rather-long-name.service",
+        "[Unit]\nDescription=Hello \\\n    World\n\n[Service]\nExecStart=/bin/true\n",
+    );
+    write(
+        d,
+        "b.service",
+        "[Unit]\nDescription=Bye\n\n[Service]\nExecStart=/bin/true\n",
+    );
+    let r = fleetctl(
+        &server,
+        d,
+        &["submit", "a-rather-long-name.service", "b.service"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // [UNIT, DESC] [a-rather..., "Hello \"] ["    World"] [b.service, Bye]:
+    // the one-cell line splits column 0 into two blocks (32 and 16 wide).
+    let r = fleetctl(&server, d, &["list-unit-files", "--fields=unit,desc"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (
+            0,
+            "UNIT\t\t\t\tDESC\na-rather-long-name.service\tHello \\\n    World\nb.service\tBye\n",
+            ""
+        ),
+        "{r:?}"
+    );
+    // With DSTATE after it every line has a column-0 cell (one block, 32
+    // wide), while column 1 has two one-line blocks, DESC and Bye.
+    let r = fleetctl(
+        &server,
+        d,
+        &["list-unit-files", "--fields=unit,desc,dstate"],
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (
+            0,
+            "UNIT\t\t\t\tDESC\tDSTATE\n\
+             a-rather-long-name.service\tHello \\\n\
+             \x20   World\t\t\tinactive\n\
+             b.service\t\t\tBye\tinactive\n",
+            ""
+        ),
+        "{r:?}"
+    );
+}
+
+/// Asserts a run's exit code, stdout and stderr at once.
+fn expect(r: &Run, code: i32, stdout: &str, stderr: &str) {
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (code, stdout, stderr),
+        "{r:?}"
+    );
+}
+
+/// `stop`, `unload`, `restart` and `status` on units the registry does not
+/// have or that are not running, worded and exiting as the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_commands_on_missing_and_inactive_units() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // As destroy: nothing known is not an error.
+    for cmd in ["stop", "unload"] {
+        let r = fleetctl(&server, d, &[cmd, "nope.service"]).await;
+        expect(&r, 0, "", "Units not found in registry\n");
+    }
+    // status with no units has nothing to do.
+    let r = fleetctl(&server, d, &["status"]).await;
+    expect(&r, 0, "", "");
+
+    write(d, "x.service", "[Service]\nExecStart=/bin/true\n");
+    write(d, "y.service", "[Service]\nExecStart=/bin/true\n");
+    assert_eq!(fleetctl(&server, d, &["submit", "x.service"]).await.code, 0);
+    assert_eq!(fleetctl(&server, d, &["start", "y.service"]).await.code, 0);
+
+    // restart reports an inactive unit and goes on with the next.
+    let r = fleetctl(&server, d, &["restart", "x.service"]).await;
+    expect(
+        &r,
+        0,
+        "",
+        "Unable to restart unit x.service in state inactive\n",
+    );
+    let before = server.requests().len();
+    let r = fleetctl(&server, d, &["restart", "x.service", "y.service"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .starts_with("Unable to restart unit x.service in state inactive\n"),
+        "{r:?}"
+    );
+    let puts: Vec<_> = server.requests()[before..]
+        .iter()
+        .filter(|q| q.starts_with("PUT /fleet/v1/units/"))
+        .cloned()
+        .collect();
+    assert!(
+        puts.iter()
+            .all(|q| q.starts_with("PUT /fleet/v1/units/y.service"))
+            && puts.len() == 2,
+        "y.service stopped and started again: {puts:#?}"
+    );
+
+    let r = fleetctl(&server, d, &["status", "x.service"]).await;
+    expect(&r, 1, "", "Unit x.service does not appear to be loaded.\n");
+    let r = fleetctl(&server, d, &["journal", "x.service"]).await;
+    expect(&r, 1, "", "Unit x.service does not appear to be running.\n");
+
+    write(
+        d,
+        "g.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    assert_eq!(fleetctl(&server, d, &["start", "g.service"]).await.code, 0);
+    let r = fleetctl(&server, d, &["journal", "g.service"]).await;
+    expect(
+        &r,
+        1,
+        "",
+        "Unable to retrieve journal of global unit g.service.\n",
+    );
+    let r = fleetctl(&server, d, &["status", "g.service"]).await;
+    expect(
+        &r,
+        1,
+        "",
+        "Unable to determine status of global unit g.service.\n",
+    );
+}
+
+/// `ssh`'s lookup errors, as the original words them. None of these gets
+/// as far as connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_lookup_messages() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A unit whose name is also a prefix of M1's ID.
+    write(d, "113f.service", "[Service]\nExecStart=/bin/true\n");
+    write(d, "idle.service", "[Service]\nExecStart=/bin/true\n");
+    write(
+        d,
+        "g.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    assert_eq!(
+        fleetctl(&server, d, &["start", "113f.service"]).await.code,
+        0
+    );
+    assert_eq!(
+        fleetctl(&server, d, &["submit", "idle.service", "g.service"])
+            .await
+            .code,
+        0
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["ssh", "113f"],
+            "Unable to proceed: ambiguous argument, both machine and unit found for `113f`.\n\
+             Please use flag `-m` or `-u` to refine the search\n",
+        ),
+        (
+            &["ssh"],
+            "Unable to proceed: one machine or unit must be provided\n",
+        ),
+        (
+            &["ssh", "zzz"],
+            "Unable to proceed: could not find matching unit or machine\n",
+        ),
+        (
+            &["ssh", "--machine=zzz"],
+            "Unable to proceed: machine does not exist\n",
+        ),
+        (
+            &["ssh", "--machine=2aa"],
+            "Could not determine address of machine.\n",
+        ),
+        (
+            &["ssh", "--unit=nope"],
+            "Unable to proceed: unit does not exist\n",
+        ),
+        (
+            &["ssh", "--unit=g.service"],
+            "Unable to proceed: global units unsupported\n",
+        ),
+        (
+            &["ssh", "--unit=idle"],
+            "Could not determine address of machine.\n",
+        ),
+        (
+            &["ssh", "--machine=1", "--unit=idle"],
+            "Both machine and unit flags provided, please specify only one.\n",
+        ),
+    ];
+    for (args, stderr) in cases {
+        let r = fleetctl(&server, d, args).await;
+        expect(&r, 1, "", stderr);
+    }
 }

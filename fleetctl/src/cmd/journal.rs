@@ -71,7 +71,7 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         return Ok(Exit::Failure);
     };
     let name = units_io::unit_name(arg);
-    let Some(machine) = status::unit_machine(ctx, &name, "journal").await? else {
+    let Some(machine) = status::unit_machine(ctx, &name, status::Purpose::Journal).await? else {
         return Ok(Exit::Failure);
     };
     let (program, cmd_args) = journal_command(args, &name);

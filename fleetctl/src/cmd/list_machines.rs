@@ -1,6 +1,5 @@
 //! `fleetctl list-machines`: the live machines of the cluster.
 
-use anyhow::Context;
 use fleetd::client::FleetApi;
 
 use super::{Ctx, Exit};
@@ -31,11 +30,21 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
             return Ok(Exit::Failure);
         }
     };
-    let machines = ctx
-        .api
-        .machines()
-        .await
-        .context("Error retrieving list of active machines")?;
+    let machines = match ctx.api.machines().await {
+        Ok(m) => m,
+        Err(err) => {
+            // The original's wording, hints included.
+            let err = anyhow::Error::new(err);
+            ctx.ui.warn(format!(
+                "Error retrieving list of active machines from fleet API ({err:#})"
+            ));
+            ctx.ui.warn("Possible issues:");
+            ctx.ui.warn("  etcd is unhealthy and/or lost quorum");
+            ctx.ui
+                .warn("  connection cannot be established to any etcd servers");
+            return Ok(Exit::Failure);
+        }
+    };
     if args.list.output == OutputFormat::Json {
         return super::print_json(ctx.ui, &machines);
     }

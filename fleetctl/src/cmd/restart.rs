@@ -24,8 +24,8 @@ pub struct Args {
     pub units: Vec<String>,
 }
 
-/// Restarts each unit in turn (the original's order), then waits for
-/// systemd. Fixed from the original: the stop step waits for `loaded`, not
+/// Restarts each unit in turn (the original's order), skipping inactive
+/// ones with a message, then waits for systemd. Fixed from the original: the stop step waits for `loaded`, not
 /// `launched`.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
     if let Some(exit) = super::require_units(ctx.ui, &args.units) {
@@ -56,12 +56,14 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
                 tracing::debug!(unit = %u.name, "unit loaded, starting it");
             }
             Some(TargetState::Inactive) | None => {
+                // As in the original, an inactive unit is reported and
+                // skipped, and does not change the exit status.
                 ctx.ui.warn(format!(
                     "Unable to restart unit {} in state {}",
                     u.name,
                     TargetState::Inactive
                 ));
-                return Ok(Exit::Failure);
+                continue;
             }
         }
         ctx.api
@@ -73,7 +75,7 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         restarted.push(u.name.clone());
     }
     let exit = start::wait_active(ctx, &restarted, budget).await?;
-    if exit == Exit::Success {
+    if exit == Exit::Success && !restarted.is_empty() {
         ctx.ui.warn(format!(
             "Successfully restarted units {}.",
             super::go_list(&restarted)

@@ -45,6 +45,8 @@ pub struct Args {
 /// Finds the machine's address, connects and runs the command or a shell.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
     let mut rest = args.args.clone();
+    // The original's lookups: an error is "Unable to proceed: <why>", and a
+    // match without an address "Could not determine address of machine.".
     let found = match (&args.machine, &args.unit) {
         (Some(_), Some(_)) => {
             ctx.ui
@@ -52,22 +54,19 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
             return Ok(Exit::Failure);
         }
         (Some(m), None) => machine_address(ctx, m).await,
-        (None, Some(u)) => unit_address(ctx, u).await,
+        (None, Some(u)) => unit_address(ctx, u).await.map(Option::unwrap_or_default),
+        (None, None) if rest.is_empty() => Err(anyhow!("one machine or unit must be provided")),
         (None, None) => {
-            if rest.is_empty() {
-                ctx.ui.warn("Provide one machine or unit.");
-                return Ok(Exit::Failure);
-            }
             let target = rest.remove(0);
             lookup(ctx, &target).await
         }
     };
     let addr = match found {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            ctx.ui.warn("Requested machine could not be found.");
+        Ok(addr) if addr.is_empty() => {
+            ctx.ui.warn("Could not determine address of machine.");
             return Ok(Exit::Failure);
         }
+        Ok(addr) => addr,
         Err(err) => {
             ctx.ui.warn(format!("Unable to proceed: {err:#}"));
             return Ok(Exit::Failure);
@@ -85,46 +84,47 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
     Ok(Exit::from_status(code))
 }
 
-/// Looks `target` up as a machine-ID prefix and as a unit; both matching is
-/// ambiguous.
-async fn lookup<A: FleetApi>(ctx: &mut Ctx<'_, A>, target: &str) -> anyhow::Result<Option<String>> {
-    let machine = machine_address(ctx, target).await;
-    let unit = unit_address(ctx, target).await;
+/// Looks `target` up as a machine-ID prefix and as a unit, ignoring why
+/// either lookup failed; both matching is ambiguous.
+async fn lookup<A: FleetApi>(ctx: &mut Ctx<'_, A>, target: &str) -> anyhow::Result<String> {
+    let machine = machine_address(ctx, target).await.ok();
+    let unit = unit_address(ctx, target).await.ok().flatten();
     match (machine, unit) {
-        (Ok(Some(_)), Ok(Some(_))) => {
-            bail!("ambiguous argument, both a unit and a machine exist for argument {target}")
-        }
-        (Ok(Some(m)), _) => Ok(Some(m)),
-        (_, Ok(Some(u))) => Ok(Some(u)),
-        (Err(e), _) => Err(e),
-        _ => bail!("could not find matching unit or machine"),
+        (Some(_), Some(_)) => bail!(
+            "ambiguous argument, both machine and unit found for `{target}`.\n\
+             Please use flag `-m` or `-u` to refine the search"
+        ),
+        (Some(addr), None) | (None, Some(addr)) => Ok(addr),
+        (None, None) => bail!("could not find matching unit or machine"),
     }
 }
 
-/// The public IP of the one machine whose ID starts with `prefix`.
+/// The public IP (empty when it has none) of the one machine whose ID
+/// starts with `prefix`.
 async fn machine_address<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     prefix: &str,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<String> {
     let machines = ctx.machines().await;
     let mut matching = machines.values().filter(|m| m.id.starts_with(prefix));
     let Some(first) = matching.next() else {
-        return Ok(None);
+        bail!("machine does not exist");
     };
     if matching.next().is_some() {
-        bail!("found more than one machine, be more specific");
+        bail!("found more than one machine");
     }
-    Ok(Some(first.primary_ip.clone()).filter(|ip| !ip.is_empty()))
+    Ok(first.primary_ip.clone())
 }
 
-/// The public IP of the machine a unit is scheduled to.
+/// The public IP of the machine a unit is scheduled to; `None` when it is
+/// not scheduled or its machine has no IP.
 async fn unit_address<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     name: &str,
 ) -> anyhow::Result<Option<String>> {
     let name = units_io::unit_name(name);
-    let Ok(Some(unit)) = ctx.api.unit(&name).await else {
-        return Ok(None);
+    let Some(unit) = ctx.api.unit(&name).await? else {
+        bail!("unit does not exist");
     };
     if units_io::is_global(&unit) {
         return Err(anyhow!("global units unsupported"));

@@ -22,15 +22,12 @@ pub struct Args {
 }
 
 /// Runs `systemctl status -l <unit>` for each unit, a blank line between
-/// them; stops at the first non-zero status.
+/// them; stops at the first non-zero status. With no units there is
+/// nothing to do and it exits 0 silently, as the original did.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    if args.units.is_empty() {
-        ctx.ui.warn("One or more units must be provided");
-        return Ok(Exit::Failure);
-    }
     for (i, arg) in args.units.iter().enumerate() {
         let name = units_io::unit_name(arg);
-        let Some(machine) = unit_machine(ctx, &name, "status").await? else {
+        let Some(machine) = unit_machine(ctx, &name, Purpose::Status).await? else {
             return Ok(Exit::Failure);
         };
         // A blank line between units, as between systemctl's own.
@@ -52,34 +49,67 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
     Ok(Exit::Success)
 }
 
+/// Which command looks a unit's machine up; the original worded its
+/// refusals differently for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `fleetctl status`.
+    Status,
+    /// `fleetctl journal`.
+    Journal,
+}
+
+impl Purpose {
+    /// The message for a unit that cannot be looked up.
+    fn retrieve_error(self, name: &str) -> String {
+        match self {
+            Purpose::Status => "Error retrieving unit".to_owned(),
+            Purpose::Journal => format!("Error retrieving unit {name}"),
+        }
+    }
+
+    /// The refusal of a global unit.
+    fn global(self, name: &str) -> String {
+        match self {
+            Purpose::Status => format!("Unable to determine status of global unit {name}."),
+            Purpose::Journal => format!("Unable to retrieve journal of global unit {name}."),
+        }
+    }
+
+    /// The refusal of a unit that is not scheduled anywhere.
+    fn inactive(self, name: &str) -> String {
+        match self {
+            Purpose::Status => format!("Unit {name} does not appear to be loaded."),
+            Purpose::Journal => format!("Unit {name} does not appear to be running."),
+        }
+    }
+}
+
 /// The machine a unit runs on, or `None` after saying why there is none:
-/// no such unit, a global unit (fixed: the original printed nothing and
-/// exited 0), or a unit not loaded anywhere.
+/// no such unit, a global unit (fixed for status: the original printed
+/// nothing and exited 0), or a unit not loaded anywhere.
 pub async fn unit_machine<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     name: &str,
-    what: &str,
+    purpose: Purpose,
 ) -> anyhow::Result<Option<String>> {
     let unit = ctx
         .api
         .unit(name)
         .await
-        .map_err(|e| anyhow::Error::new(e).context(format!("Error retrieving unit {name}")))?;
+        .map_err(|e| anyhow::Error::new(e).context(purpose.retrieve_error(name)))?;
     let Some(unit) = unit else {
         ctx.ui.warn(format!("Unit {name} does not exist."));
         return Ok(None);
     };
     if units_io::is_global(&unit) {
-        ctx.ui.warn(format!(
-            "Unable to get {what} for global unit {name}. Check on a machine-by-machine basis."
-        ));
+        ctx.ui.warn(purpose.global(name));
         return Ok(None);
     }
     if matches!(unit.current_state, Some(TargetState::Inactive) | None)
         || unit.machine_id.is_empty()
     {
-        ctx.ui
-            .warn(format!("Unit {name} does not appear to be loaded."));
+        ctx.ui.warn(purpose.inactive(name));
         return Ok(None);
     }
     Ok(Some(unit.machine_id))

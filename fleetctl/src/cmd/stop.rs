@@ -9,12 +9,17 @@ use crate::units_io;
 
 /// Sets the desired state of launched units to loaded and waits for
 /// `loaded`. An inactive (non-global) unit cannot be stopped; loaded ones
-/// are skipped; unknown names are ignored.
+/// are skipped; unknown names are ignored, and when no name is known it
+/// says so and exits 0, as the original did.
 pub async fn run<A: FleetApi>(args: &UnitsArgs, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
     if let Some(exit) = super::require_units(ctx.ui, &args.units) {
         return Ok(exit);
     }
     let units = super::find_units(ctx, &args.units).await?;
+    if units.is_empty() {
+        ctx.ui.warn("Units not found in registry");
+        return Ok(Exit::Success);
+    }
     let mut stopping = Vec::new();
     for u in &units {
         if !units_io::is_global(u) {
