@@ -126,7 +126,6 @@ impl fmt::Display for MachineId {
 
 /// One option of a unit on the wire: `{"name","section","value"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UnitOption {
     /// Option name, e.g. `ExecStart`.
     pub name: String,
@@ -158,7 +157,6 @@ impl From<UnitOption> for units::UnitOption {
 
 /// The API's `Unit` object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Unit {
     /// Where the unit is now, derived from the schedule and the agent's report.
     #[serde(

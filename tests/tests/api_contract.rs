@@ -83,7 +83,7 @@ api_contract!(
     put_replaces_content_and_defaults_to_inactive,
     put_refusals_change_nothing,
     put_values_are_stored_in_normal_form_or_refused,
-    unknown_fields_are_refused,
+    unknown_fields_are_ignored,
     current_state_follows_schedule_and_agent,
     unit_states_filters_and_lookup,
     machines_list_and_patch,
@@ -568,59 +568,80 @@ async fn healthz_and_metrics<K: Kv>(kv: K) {
     s.shutdown().await;
 }
 
-/// Fields that the original's objects do not have are refused, naming the
-/// field; the known ones match in any case, as Go's decoder matched them.
-async fn unknown_fields_are_refused<K: Kv>(kv: K) {
+/// Fields that the original's objects do not have are ignored, as its API
+/// documentation promises ("all other Unit fields will be ignored"), at the
+/// top level and inside options and metadata operations; the known ones
+/// match in any case, as Go's decoder matched them, and a known field with
+/// a value of the wrong type is refused, naming the field.
+async fn unknown_fields_are_ignored<K: Kv>(kv: K) {
     let s = Server::start(kv).await;
     s.machine(MACHINE_A, "10.0.0.1", &[("role", "web")]).await;
-    s.put("/fleet/v1/units/hello.service", HELLO)
-        .await
-        .expect(201, "");
+    let u = "/fleet/v1/units/hello.service";
+    s.put(
+        u,
+        r#"{"desiredState":"launched","bogus":1,"labels":{"team":"x"},"options":[{"section":"Service","name":"ExecStart","value":"/bin/true","comment":"x","order":3}]}"#,
+    )
+    .await
+    .expect(201, "");
+    let stored_options = r#"[{"name":"ExecStart","section":"Service","value":"/bin/true"}]"#;
+    s.get(u).await.expect_json(
+        200,
+        &format!(
+            r#"{{"currentState":"inactive","desiredState":"launched","name":"hello.service","options":{stored_options}}}"#
+        ),
+    );
+    // A unit as GOT, with the read-only fields and additions, PUT back.
+    let got: serde_json::Value = serde_json::from_str(&s.get(u).await.body).expect("a JSON unit");
+    let mut back = got.clone();
+    back["desiredState"] = "loaded".into();
+    back["machineID"] = "elsewhere".into();
+    back["currentState"] = "launched".into();
+    back["x-client"] = serde_json::json!({"version": 2});
+    s.put(u, &back.to_string()).await.expect(204, "");
+    let unit: serde_json::Value = serde_json::from_str(&s.get(u).await.body).expect("a JSON unit");
+    assert_eq!(unit["desiredState"], "loaded");
+    assert_eq!(unit["options"], got["options"]);
+    assert!(unit.get("machineID").is_none(), "{unit}");
+    assert!(unit.get("x-client").is_none(), "{unit}");
+    s.patch(&format!(
+        r#"[{{"op":"add","path":"/{MACHINE_A}/metadata/k","value":{{"value":"v","ttl":5}},"from":"x"}}]"#
+    ))
+    .await
+    .expect(204, "");
+    let machines: serde_json::Value =
+        serde_json::from_str(&s.get("/fleet/v1/machines").await.body).expect("JSON machines");
+    assert_eq!(machines["machines"][0]["metadata"]["k"], "v", "{machines}");
+
+    // Known fields with the wrong type are refused, naming the field, and
+    // change nothing.
     let before = (
         s.stored().await,
         s.get("/fleet/v1/units").await.body,
         s.get("/fleet/v1/machines").await.body,
     );
-    let unit_fields = "known fields: name, desiredState, options, currentState, machineID";
-    let u = "/fleet/v1/units/hello.service";
-    s.put(u, r#"{"desiredState":"loaded","bogus":1}"#)
-        .await
-        .expect_error(
-            400,
-            &format!(r#"unable to decode body: unknown field "bogus" in unit; {unit_fields}"#),
-        );
-    s.put(u, r#"{"desired_state":"loaded"}"#)
-        .await
-        .expect_error(
-            400,
-            &format!(
-                r#"unable to decode body: unknown field "desired_state" in unit; {unit_fields}"#
-            ),
-        );
-    s.put(
-        "/fleet/v1/units/new.service",
-        r#"{"options":[{"section":"Service","name":"ExecStart","value":"/bin/true","comment":"x"}]}"#,
-    )
-    .await
-    .expect_error(
-        400,
-        r#"unable to decode body: unknown field "comment" in unit option; known fields: name, section, value"#,
-    );
+    for (body, message) in [
+        (
+            r#"{"desiredState":1,"bogus":1}"#,
+            r#"unable to decode body: field "desiredState": invalid type: integer `1`, expected a string"#,
+        ),
+        (
+            r#"{"desiredState":"loaded","machineID":7}"#,
+            r#"unable to decode body: field "machineID": invalid type: integer `7`, expected a string"#,
+        ),
+        (
+            r#"{"OPTIONS":[{"section":"Service","name":"ExecStart","value":true}]}"#,
+            r#"unable to decode body: field "options[0].value": invalid type: boolean `true`, expected a string"#,
+        ),
+    ] {
+        s.put(u, body).await.expect_error(400, message);
+    }
     s.patch(&format!(
-        r#"[{{"op":"add","path":"/{MACHINE_A}/metadata/k","value":{{"value":"v"}},"from":"x"}}]"#
+        r#"[{{"op":"add","path":"/{MACHINE_A}/metadata/k","value":{{"value":5}}}}]"#
     ))
     .await
     .expect_error(
         400,
-        r#"unknown field "from" in metadata operation; known fields: op, path, value"#,
-    );
-    s.patch(&format!(
-        r#"[{{"op":"add","path":"/{MACHINE_A}/metadata/k","value":{{"value":"v","ttl":5}}}}]"#
-    ))
-    .await
-    .expect_error(
-        400,
-        r#"unknown field "ttl" in metadata value; known fields: value"#,
+        r#"field "[0].value.value": invalid type: integer `5`, expected a string"#,
     );
     let after = (
         s.stored().await,
@@ -629,15 +650,16 @@ async fn unknown_fields_are_refused<K: Kv>(kv: K) {
     );
     assert_eq!(after, before, "a refused request changed what is stored");
 
-    // Known fields in any case; the read-only ones are accepted and ignored.
+    // Known fields in any case, Go's folding included (KELVIN SIGN for k,
+    // LONG S for s); the read-only ones are accepted and ignored.
     s.put(
         u,
-        r#"{"NAME":"hello.service","DESIREDSTATE":"loaded","currentstate":"launched","MachineId":"x"}"#,
+        "{\"NAME\":\"hello.service\",\"DE\u{17F}IREDSTATE\":\"inactive\",\"currentstate\":\"launched\",\"MachineId\":\"x\"}",
     )
     .await
     .expect(204, "");
     let unit: serde_json::Value = serde_json::from_str(&s.get(u).await.body).expect("a JSON unit");
-    assert_eq!(unit["desiredState"], "loaded");
+    assert_eq!(unit["desiredState"], "inactive");
     s.shutdown().await;
 }
 
@@ -761,11 +783,11 @@ async fn put_refusals_change_nothing<K: Kv>(kv: K) {
     );
     s.put(u, r#"{"desiredState":"bogus"}"#).await.expect_error(
         400,
-        r#"unable to decode body: invalid state "bogus": must be one of inactive, loaded, launched"#,
+        r#"unable to decode body: field "desiredState": invalid state "bogus": must be one of inactive, loaded, launched"#,
     );
     s.put(u, r#"{"options":"x"}"#).await.expect_error(
         400,
-        r#"unable to decode body: invalid type: string "x", expected a sequence"#,
+        r#"unable to decode body: field "options": invalid type: string "x", expected a sequence"#,
     );
     // 400: names
     s.put(u, r#"{"name":"other.service","desiredState":"loaded"}"#)

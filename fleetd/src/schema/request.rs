@@ -7,10 +7,11 @@
 //! transport checks (Content-Type, body size) and map [`BodyError`] to a 400.
 //!
 //! Decoding follows Go's `encoding/json` as the original used it: field names
-//! match exactly, else ignoring ASCII case; `null` is the same as absent.
-//! Unlike the original, a field that names nothing is refused (`unknown
-//! field "x" in unit`), so that a misspelt `desiredState` is not silently
-//! dropped.
+//! match exactly, else ignoring case (with Go's folding of `K` and `ſ`);
+//! `null` is the same as absent; a field that names nothing is ignored, as
+//! the original's API documentation promises, so that a client may send
+//! back a unit it got or add fields of its own. A known field with a value
+//! of the wrong type is refused, naming the field.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -23,8 +24,8 @@ use crate::client::registry::go_quote;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BodyError {
-    /// A `PUT /units/<name>` body is not JSON, names an unknown field or has
-    /// a value of the wrong type.
+    /// A `PUT /units/<name>` body is not JSON or has a known field with a
+    /// value of the wrong type.
     #[error("unable to decode body: {0}")]
     UnitDecode(String),
     /// The body names another unit than the URL.
@@ -39,7 +40,7 @@ pub enum BodyError {
         /// The name in the body.
         body: String,
     },
-    /// A `PATCH /machines` body is not JSON, names an unknown field or has a
+    /// A `PATCH /machines` body is not JSON or has a known field with a
     /// value of the wrong type (the original sent the decoder's message
     /// alone).
     #[error("{0}")]
@@ -56,11 +57,12 @@ pub enum BodyError {
 }
 
 // ---------------------------------------------------------------------------
-// Go's field matching, and unknown fields refused
+// Go's field matching, unknown fields ignored
 // ---------------------------------------------------------------------------
 
 /// The fields of a unit in a `PUT` body: those the original's `schema.Unit`
-/// has (`currentState` and `machineID` are read-only and ignored).
+/// has (`currentState` and `machineID` are read-only: type-checked, as Go
+/// checked them, then ignored).
 const UNIT_FIELDS: &[&str] = &[
     "name",
     "desiredState",
@@ -76,65 +78,76 @@ const OP_FIELDS: &[&str] = &["op", "path", "value"];
 const VALUE_FIELDS: &[&str] = &["value"];
 
 /// Matches the keys of a JSON object to `fields` as Go's decoder did
-/// (exactly, else ignoring ASCII case) and renames them to the canonical
+/// (exactly, else [`go_fold_eq`]) and renames them to the canonical
 /// spelling; `null` becomes `{}` (Go left the zero value). A key that names
-/// no field is refused: `unknown field "x" in <what>`. Other values are
-/// left for the typed decoder to refuse.
-fn go_fields(value: Value, fields: &[&'static str], what: &str) -> Result<Value, String> {
+/// no field is dropped, as Go dropped it; when two keys name one field the
+/// later wins, as in Go. Other values are left for the typed decoder to
+/// refuse.
+fn go_fields(value: Value, fields: &[&'static str]) -> Value {
     match value {
-        Value::Null => Ok(Value::Object(Map::new())),
+        Value::Null => Value::Object(Map::new()),
         Value::Object(map) => {
             let mut out = Map::new();
             for (key, v) in map {
                 let field = fields
                     .iter()
                     .find(|f| **f == key)
-                    .or_else(|| fields.iter().find(|f| f.eq_ignore_ascii_case(&key)));
-                let Some(field) = field else {
-                    return Err(format!(
-                        "unknown field {} in {what}; known fields: {}",
-                        go_quote(&key),
-                        fields.join(", ")
-                    ));
-                };
-                out.insert((*field).to_owned(), v);
+                    .or_else(|| fields.iter().find(|f| go_fold_eq(f, &key)));
+                if let Some(field) = field {
+                    out.insert((*field).to_owned(), v);
+                }
             }
-            Ok(Value::Object(out))
+            Value::Object(out)
         }
-        other => Ok(other),
+        other => other,
     }
+}
+
+/// Whether `key` names the ASCII `field` under Go's case folding of JSON
+/// keys: ASCII letters in any case, plus the two non-ASCII letters that
+/// fold to ASCII ones (KELVIN SIGN to `k`, LATIN SMALL LETTER LONG S to
+/// `s`).
+fn go_fold_eq(field: &str, key: &str) -> bool {
+    let mut key = key.chars().map(|c| match c {
+        '\u{212A}' => 'k',
+        '\u{17F}' => 's',
+        c => c,
+    });
+    field
+        .chars()
+        .all(|f| key.next().is_some_and(|k| f.eq_ignore_ascii_case(&k)))
+        && key.next().is_none()
 }
 
 /// Applies [`go_fields`] to the object under `key` of `object`, if present.
-fn go_fields_of(
-    object: &mut Value,
-    key: &str,
-    fields: &[&'static str],
-    what: &str,
-) -> Result<(), String> {
+fn go_fields_of(object: &mut Value, key: &str, fields: &[&'static str]) {
     if let Some(inner) = object.get_mut(key) {
-        *inner = go_fields(inner.take(), fields, what)?;
+        *inner = go_fields(inner.take(), fields);
     }
-    Ok(())
 }
 
 /// Applies `f` to every element of the array under `key`, if it is one.
-fn each_of(
-    object: &mut Value,
-    key: &str,
-    f: impl Fn(Value) -> Result<Value, String>,
-) -> Result<(), String> {
+fn each_of(object: &mut Value, key: &str, f: impl Fn(Value) -> Value) {
     if let Some(Value::Array(items)) = object.get_mut(key) {
         for item in items.iter_mut() {
-            *item = f(item.take())?;
+            *item = f(item.take());
         }
     }
-    Ok(())
 }
 
-/// Decodes a typed value from a JSON value whose keys are canonical.
+/// Decodes a typed value from a JSON value whose keys are canonical; a
+/// value of the wrong type is refused naming where it is:
+/// `field "options[0].value": invalid type: ...`.
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("field {}: {inner}", go_quote(&path))
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -186,18 +199,16 @@ pub fn decode_put(url_name: &str, body: &[u8]) -> Result<PutRequest, BodyError> 
 /// types.
 fn decode_put_body(body: &[u8]) -> Result<PutBody, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let mut unit = go_fields(value, UNIT_FIELDS, "unit")?;
-    each_of(&mut unit, "options", |o| {
-        go_fields(o, OPTION_FIELDS, "unit option")
-    })?;
+    let mut unit = go_fields(value, UNIT_FIELDS);
+    each_of(&mut unit, "options", |o| go_fields(o, OPTION_FIELDS));
     typed(unit)
 }
 
 /// The body of `PUT /units/<name>`, decoded by [`decode_put_body`]: field
 /// names match in any case, as Go's decoder matched them; the read-only
 /// fields of a unit (`currentState`, `machineID`), which the original's
-/// clients may send back, are accepted and ignored; any other field is
-/// refused; `null` is the same as absent.
+/// clients may send back, and any other field are ignored; `null` is the
+/// same as absent.
 #[derive(Debug, Deserialize)]
 struct PutBody {
     /// The unit name; empty means the one in the URL.
@@ -210,6 +221,12 @@ struct PutBody {
     /// The unit's content.
     #[serde(default)]
     options: Option<Vec<PutOption>>,
+    /// Read-only; decoded only so that a value of the wrong type is refused.
+    #[serde(default, rename = "currentState")]
+    _current_state: Option<String>,
+    /// Read-only; decoded only so that a value of the wrong type is refused.
+    #[serde(default, rename = "machineID")]
+    _machine_id: Option<String>,
 }
 
 /// One option in a [`PutBody`].
@@ -275,9 +292,9 @@ fn decode_patch_body(body: &[u8]) -> Result<Vec<MetadataOp>, String> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     if let Value::Array(ops) = &mut value {
         for op in ops.iter_mut() {
-            let mut canonical = go_fields(op.take(), OP_FIELDS, "metadata operation")?;
+            let mut canonical = go_fields(op.take(), OP_FIELDS);
             if canonical.get("value").is_some_and(Value::is_object) {
-                go_fields_of(&mut canonical, "value", VALUE_FIELDS, "metadata value")?;
+                go_fields_of(&mut canonical, "value", VALUE_FIELDS);
             }
             *op = canonical;
         }
@@ -290,7 +307,7 @@ fn decode_patch_body(body: &[u8]) -> Result<Vec<MetadataOp>, String> {
 ///
 /// Decoded by [`decode_patch_body`]: field names match in any case, as Go's
 /// decoder matched the original's untagged fields; unknown fields are
-/// refused; `null` is the same as absent.
+/// ignored; `null` is the same as absent.
 #[derive(Debug, Deserialize)]
 struct MetadataOp {
     /// `add`, `replace` or `remove`.
@@ -350,6 +367,34 @@ fn validate_op(op: MetadataOp) -> Result<MetadataChange, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_fold_as_in_go_and_unknown_ones_are_dropped() {
+        assert!(go_fold_eq("desiredState", "DESIREDSTATE"));
+        assert!(go_fold_eq("desiredState", "de\u{17F}iredState"));
+        assert!(go_fold_eq("k", "\u{212A}"));
+        assert!(!go_fold_eq("name", "names"));
+        assert!(!go_fold_eq("name", "nam"));
+        assert!(!go_fold_eq("name", "n\u{e1}me"));
+        let put = decode_put(
+            "a.service",
+            br#"{"Options":[{"NAME":"ExecStart","section":"Service","value":"/bin/true","x":[]}],"extra":{"y":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            put.options,
+            vec![UnitOption {
+                name: "ExecStart".into(),
+                section: "Service".into(),
+                value: "/bin/true".into(),
+            }]
+        );
+        let err = decode_put("a.service", br#"{"name":1,"extra":1}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unable to decode body: field "name": invalid type: integer `1`, expected a string"#
+        );
+    }
 
     #[test]
     fn metadata_paths() {
