@@ -298,6 +298,57 @@ pub async fn run(
     }
 }
 
+/// The settings of each component, all derived from the config here and
+/// nowhere else.
+#[derive(Clone, Debug)]
+struct Settings {
+    /// The systemd connection: system or user manager, the units directory.
+    systemd: DbusConfig,
+    /// How to reach etcd: request timeout, TLS files, credentials.
+    etcd: EtcdConnectOptions,
+    /// The agent: its cache polls instead of watching with `disable_watches`.
+    agent: AgentConfig,
+    /// The publisher of unit states, paced by `agent_ttl`.
+    publisher: PublisherConfig,
+    /// The engine: interval, `disable_engine`, cache mode.
+    engine: EngineConfig,
+    /// The API's page size (its readiness signal is made per generation).
+    token_limit: u16,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Settings {
+        Settings {
+            systemd: DbusConfig {
+                bus_address: None,
+                user: config.systemd_user,
+                units_dir: config.units_directory.clone(),
+                units_dir_in_systemd: config.units_directory.clone(),
+                ..DbusConfig::default()
+            },
+            etcd: EtcdConnectOptions {
+                ca_file: config.etcd_cafile.clone(),
+                cert_file: config.etcd_certfile.clone(),
+                key_file: config.etcd_keyfile.clone(),
+                username: config.etcd_username.clone(),
+                password: config.etcd_password.clone(),
+                ..EtcdConnectOptions::new(config.etcd_request_timeout)
+            },
+            agent: AgentConfig {
+                // disable_watches: poll the schedule every reconcile interval.
+                cache: CacheMode::from_disable_watches(
+                    config.disable_watches,
+                    AgentConfig::default().reconcile_interval,
+                ),
+                ..AgentConfig::default()
+            },
+            publisher: PublisherConfig::from_agent_ttl(config.agent_ttl),
+            engine: EngineConfig::from_config(config),
+            token_limit: config.token_limit,
+        }
+    }
+}
+
 /// One generation of components: builds and spawns them with `config`, then
 /// serves `control` until a shutdown ([`Ended::Shutdown`], with a purge
 /// unless systemd is restarting fleetd or the machine never registered, see
@@ -312,6 +363,7 @@ async fn run_generation(
     reload: &(dyn Fn() -> anyhow::Result<Config> + Sync),
     registered: &AtomicBool,
 ) -> anyhow::Result<Ended> {
+    let settings = Settings::from_config(&config);
     let machine = read_machine_id(&config.machine_id_file)?;
     let public_ip = config.public_ip.or_else(detect_public_ip);
     let token = machine_token(&config.units_directory)?;
@@ -324,25 +376,11 @@ async fn run_generation(
         )
     })?;
     let systemd = Arc::new(
-        DbusManager::connect(DbusConfig {
-            bus_address: None,
-            user: config.systemd_user,
-            units_dir: config.units_directory.clone(),
-            units_dir_in_systemd: config.units_directory.clone(),
-            ..DbusConfig::default()
-        })
-        .await
-        .context("cannot connect to systemd over D-Bus")?,
+        DbusManager::connect(settings.systemd)
+            .await
+            .context("cannot connect to systemd over D-Bus")?,
     );
-    let etcd_options = EtcdConnectOptions {
-        ca_file: config.etcd_cafile.clone(),
-        cert_file: config.etcd_certfile.clone(),
-        key_file: config.etcd_keyfile.clone(),
-        username: config.etcd_username.clone(),
-        password: config.etcd_password.clone(),
-        ..EtcdConnectOptions::new(config.etcd_request_timeout)
-    };
-    let kv = EtcdKv::connect_with(&config.etcd_servers, &etcd_options)
+    let kv = EtcdKv::connect_with(&config.etcd_servers, &settings.etcd)
         .await
         .context("cannot set up the etcd client")?;
     let registry = Registry::new(crate::metrics::Metered::new(kv), &config.etcd_key_prefix);
@@ -366,32 +404,21 @@ async fn run_generation(
         systemd.clone(),
         machine.clone(),
         heart.leases(),
-        PublisherConfig::from_agent_ttl(config.agent_ttl),
+        settings.publisher,
     );
     let agent = Agent::new(
         registry.clone(),
         systemd.clone(),
         machine.clone(),
-        AgentConfig {
-            // disable_watches: poll the schedule every reconcile interval.
-            cache: CacheMode::from_disable_watches(
-                config.disable_watches,
-                AgentConfig::default().reconcile_interval,
-            ),
-            ..AgentConfig::default()
-        },
+        settings.agent,
         publisher_handle,
     );
-    let engine = Engine::new(
-        registry.clone(),
-        machine.clone(),
-        EngineConfig::from_config(&config),
-    );
+    let engine = Engine::new(registry.clone(), machine.clone(), settings.engine);
     let engine_state = engine.subscribe();
     let router = api::router(
         RegistryClient::new(registry.clone()),
         ApiOptions {
-            token_limit: config.token_limit,
+            token_limit: settings.token_limit,
             ready: ready_rx.clone(),
         },
     );
@@ -751,6 +778,48 @@ fn detect_public_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every component's settings follow the config options they come from.
+    #[test]
+    fn settings_follow_the_config() {
+        let config = Config {
+            systemd_user: true,
+            units_directory: PathBuf::from("/tmp/units"),
+            etcd_request_timeout: Duration::from_millis(1500),
+            etcd_cafile: Some(PathBuf::from("/ca.pem")),
+            etcd_username: Some("root".to_owned()),
+            etcd_password: Some("pw".to_owned()),
+            agent_ttl: Duration::from_secs(40),
+            engine_reconcile_interval: Duration::from_secs(3),
+            disable_engine: true,
+            disable_watches: true,
+            token_limit: 7,
+            ..Config::default()
+        };
+        let s = Settings::from_config(&config);
+        assert!(s.systemd.user);
+        assert_eq!(s.systemd.units_dir, PathBuf::from("/tmp/units"));
+        assert_eq!(s.systemd.units_dir_in_systemd, PathBuf::from("/tmp/units"));
+        assert_eq!(s.etcd.request_timeout, Duration::from_millis(1500));
+        assert_eq!(s.etcd.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(s.etcd.cert_file, None);
+        assert_eq!(s.etcd.username.as_deref(), Some("root"));
+        assert_eq!(s.etcd.password.as_deref(), Some("pw"));
+        assert_eq!(
+            s.agent.cache,
+            CacheMode::Poll(AgentConfig::default().reconcile_interval)
+        );
+        assert_eq!(s.publisher.resync_interval, Duration::from_secs(20));
+        assert_eq!(s.engine.reconcile_interval, Duration::from_secs(3));
+        assert!(s.engine.disabled);
+        assert_eq!(s.engine.cache, CacheMode::Poll(Duration::from_secs(3)));
+        assert_eq!(s.token_limit, 7);
+
+        let s = Settings::from_config(&Config::default());
+        assert!(!s.systemd.user);
+        assert_eq!(s.agent.cache, CacheMode::Watch);
+        assert_eq!(s.engine.cache, CacheMode::Watch);
+    }
 
     fn unit(main_pid: Option<u32>, job: Option<&str>, restart: Option<&str>) -> ProcessUnit {
         ProcessUnit {

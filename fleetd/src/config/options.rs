@@ -1,0 +1,399 @@
+//! The table of options: the one place where an option is defined.
+//!
+//! Each entry of the [`options!`] invocation below gives an option's
+//! config-file name (which is also the [`Config`] field it fills), the field's
+//! type and doc, its default (as text, parsed like any user value), its
+//! `--help` line and value name, and the parser that turns text into the
+//! field. From it the macro derives:
+//! - [`Opt`], [`Opt::ALL`] and [`Opt::name`] (hence the environment variable
+//!   and the flag name, by rule);
+//! - the [`Config`] struct and its [`Default`] (every default parsed once);
+//! - [`Config::apply`], used for every source (file, environment, flag);
+//! - [`Opt::def`], from which the command line and `--help` are built
+//!   (`flags.rs`).
+//!
+//! Deprecated options have no field: they are listed at the end, accepted and
+//! ignored with a warning.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::parse::{
+    AGENT_TTL_RANGE, ENGINE_RECONCILE_INTERVAL_RANGE, ETCD_REQUEST_TIMEOUT_RANGE, non_empty,
+    parse_bool, parse_duration_in, parse_etcd_servers, parse_ip, parse_listen, parse_metadata,
+    parse_path, parse_seconds, parse_token_limit, parse_verbosity,
+};
+use super::{ListenAddr, Origin, ValueError};
+
+/// Default `etcd_servers`.
+pub const DEFAULT_ETCD_SERVERS: &str = "http://127.0.0.1:2379,http://127.0.0.1:4001";
+/// Default `etcd_key_prefix`.
+pub const DEFAULT_ETCD_KEY_PREFIX: &str = "/_coreos.com/fleet/";
+/// Default `units_directory`.
+pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units/";
+/// Default `listen`.
+pub const DEFAULT_LISTEN: &str = "unix:/var/run/fleet.sock";
+/// Default `machine_id_file`.
+pub const DEFAULT_MACHINE_ID_FILE: &str = "/etc/machine-id";
+
+/// What the command line and `--help` need to know about an option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionDef {
+    /// The `--help` line, without the default.
+    pub help: &'static str,
+    /// The placeholder in `--help` (`BOOL` makes a switch: `--x` is
+    /// `--x=true`, a value must be attached with `=`).
+    pub value_name: &'static str,
+    /// The default as text (empty: unset).
+    pub default: &'static str,
+    /// What `--help` shows instead of [`OptionDef::default`], if anything.
+    pub shown: Option<&'static str>,
+    /// Deprecated: accepted, ignored, hidden from `--help`.
+    pub deprecated: bool,
+}
+
+impl OptionDef {
+    /// Whether the flag is a switch with an optional attached value.
+    pub fn is_switch(&self) -> bool {
+        self.value_name == "BOOL"
+    }
+
+    /// The default `--help` shows: [`OptionDef::shown`], else the default
+    /// text unless it is empty or a switch's `false`.
+    pub fn shown_default(&self) -> Option<&'static str> {
+        let unset = self.default.is_empty() || self.is_switch() && self.default == "false";
+        self.shown.or((!unset).then_some(self.default))
+    }
+
+    /// The `--help` line with its default, if any.
+    pub fn help_line(&self) -> String {
+        match self.shown_default() {
+            Some(d) => format!("{} [default: {d}]", self.help),
+            None => self.help.to_owned(),
+        }
+    }
+}
+
+/// What a parser gets besides the text: where it came from (for warnings) and
+/// the warnings to add to.
+pub(super) struct Ctx<'a> {
+    pub(super) origin: &'a Origin,
+    pub(super) warnings: &'a mut Vec<String>,
+}
+
+macro_rules! options {
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $name:ident : $ty:ty = $variant:ident {
+                default: $default:expr,
+                $(shown: $shown:expr,)?
+                value: $value_name:literal,
+                help: $help:literal,
+                parse: $parse:expr $(,)?
+            }
+        )*
+        ;
+        deprecated {
+            $( $dname:ident = $dvariant:ident { value: $dvalue_name:literal } )*
+        }
+    ) => {
+        /// Every option fleetd knows, by its config-file name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Opt {
+            $( #[doc = concat!("`", stringify!($name), "`")] $variant, )*
+            $( #[doc = concat!("`", stringify!($dname), "` (deprecated, ignored)")] $dvariant, )*
+        }
+
+        impl Opt {
+            /// Every option, in the order of fleet-reference.md §7 (ours
+            /// and the deprecated ones last).
+            pub const ALL: [Opt; [$(stringify!($name)),* , $(stringify!($dname)),*].len()] =
+                [$(Opt::$variant,)* $(Opt::$dvariant,)*];
+
+            /// The name in the config file, e.g. `agent_ttl`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Opt::$variant => stringify!($name), )*
+                    $( Opt::$dvariant => stringify!($dname), )*
+                }
+            }
+
+            /// The option's definition.
+            pub fn def(self) -> &'static OptionDef {
+                match self {
+                    $( Opt::$variant => &OptionDef {
+                        help: $help,
+                        value_name: $value_name,
+                        default: $default,
+                        shown: options!(@shown $($shown)?),
+                        deprecated: false,
+                    }, )*
+                    $( Opt::$dvariant => &OptionDef {
+                        help: "Deprecated and ignored",
+                        value_name: $dvalue_name,
+                        default: "",
+                        shown: None,
+                        deprecated: true,
+                    }, )*
+                }
+            }
+        }
+
+        /// fleetd's validated configuration.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// The config file that was read, if any (for SIGHUP reloads and
+            /// logs).
+            pub config_file: Option<PathBuf>,
+            /// Non-fatal problems (deprecated or unknown options, skipped
+            /// metadata pairs), for the caller to log once the logger is up.
+            pub warnings: Vec<String>,
+        }
+
+        impl Config {
+            /// Every field at its type's zero, before the defaults apply.
+            fn zero() -> Config {
+                Config {
+                    $( $name: <$ty>::default(), )*
+                    config_file: None,
+                    warnings: Vec::new(),
+                }
+            }
+
+            /// Parses `v` as `opt` into its field.
+            pub(super) fn apply(
+                &mut self,
+                opt: Opt,
+                v: &str,
+                ctx: &mut Ctx<'_>,
+            ) -> Result<(), ValueError> {
+                match opt {
+                    $( Opt::$variant => {
+                        let parse: fn(&str, &mut Ctx<'_>) -> Result<$ty, ValueError> = $parse;
+                        self.$name = parse(v, ctx)?;
+                    } )*
+                    $( Opt::$dvariant => ctx.warnings.push(format!(
+                        "{opt} (in {}) is deprecated and ignored",
+                        ctx.origin
+                    )), )*
+                }
+                Ok(())
+            }
+        }
+    };
+    (@shown) => { None };
+    (@shown $shown:expr) => { Some($shown) };
+}
+
+options! {
+    /// `verbosity`: 0 logs at info, anything above at debug.
+    verbosity: u8 = Verbosity {
+        default: "0",
+        value: "N",
+        help: "Logging: 0 is info, more is debug",
+        parse: |v, _| parse_verbosity(v),
+    }
+    /// `etcd_servers`: the etcd endpoints the client connects to.
+    etcd_servers: Vec<String> = EtcdServers {
+        default: DEFAULT_ETCD_SERVERS,
+        value: "URLS",
+        help: "etcd endpoints, comma-separated",
+        parse: |v, _| parse_etcd_servers(v),
+    }
+    /// `etcd_request_timeout`: how long one etcd request may take.
+    etcd_request_timeout: Duration = EtcdRequestTimeout {
+        default: "1.0",
+        value: "SECONDS",
+        help: "Per-request etcd timeout in seconds",
+        parse: |v, _| parse_seconds(v, ETCD_REQUEST_TIMEOUT_RANGE),
+    }
+    /// `etcd_cafile`: CA certificate for TLS to etcd (none: system roots or
+    /// plain HTTP, depending on the endpoints' scheme).
+    etcd_cafile: Option<PathBuf> = EtcdCafile {
+        default: "",
+        value: "PATH",
+        help: "CA certificate for TLS to etcd",
+        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
+    }
+    /// `etcd_certfile`: client certificate for TLS to etcd.
+    etcd_certfile: Option<PathBuf> = EtcdCertfile {
+        default: "",
+        value: "PATH",
+        help: "Client certificate for TLS to etcd",
+        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
+    }
+    /// `etcd_keyfile`: client key for TLS to etcd.
+    etcd_keyfile: Option<PathBuf> = EtcdKeyfile {
+        default: "",
+        value: "PATH",
+        help: "Client key for TLS to etcd",
+        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
+    }
+    /// `etcd_username`: etcd authentication, if any.
+    etcd_username: Option<String> = EtcdUsername {
+        default: "",
+        value: "USER",
+        help: "etcd user name",
+        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
+    }
+    /// `etcd_password`: goes with `etcd_username`.
+    etcd_password: Option<String> = EtcdPassword {
+        default: "",
+        value: "PASSWORD",
+        help: "etcd password",
+        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
+    }
+    /// `etcd_key_prefix`: where fleet's keys live in etcd.
+    etcd_key_prefix: String = EtcdKeyPrefix {
+        default: DEFAULT_ETCD_KEY_PREFIX,
+        value: "PREFIX",
+        help: "Key prefix of fleet's data in etcd",
+        parse: |v, _| Ok(v.to_owned()),
+    }
+    /// `public_ip`: the IP published for this machine (none: auto-detect).
+    public_ip: Option<IpAddr> = PublicIp {
+        default: "",
+        shown: "auto-detected",
+        value: "IP",
+        help: "IP address published for this machine",
+        parse: |v, _| parse_ip(v),
+    }
+    /// `metadata`: this machine's config metadata, matched by
+    /// `MachineMetadata=` (dynamic metadata from the API is merged over it).
+    metadata: BTreeMap<String, String> = Metadata {
+        default: "",
+        value: "PAIRS",
+        help: "Machine metadata, `k=v,k2=v2`",
+        parse: |v, ctx| {
+            let (metadata, skipped) = parse_metadata(v);
+            let origin = ctx.origin;
+            ctx.warnings.extend(skipped.into_iter().map(|pair| {
+                format!("metadata pair {pair:?} in {origin} skipped: not key=value")
+            }));
+            Ok(metadata)
+        },
+    }
+    /// `agent_ttl`: lifetime of the machine's presence without a heartbeat;
+    /// also the TTL of its unit states.
+    agent_ttl: Duration = AgentTtl {
+        default: "30s",
+        value: "DURATION",
+        help: "TTL of this machine's presence, as a Go duration",
+        parse: |v, _| parse_duration_in(v, AGENT_TTL_RANGE),
+    }
+    /// `engine_reconcile_interval`: the engine's tick; its leadership lease
+    /// lives 5 times as long.
+    engine_reconcile_interval: Duration = EngineReconcileInterval {
+        default: "2.0",
+        value: "SECONDS",
+        help: "Engine reconcile interval in seconds",
+        parse: |v, _| parse_seconds(v, ENGINE_RECONCILE_INTERVAL_RANGE),
+    }
+    /// `token_limit`: the API's page size.
+    token_limit: u16 = TokenLimit {
+        default: "100",
+        value: "N",
+        help: "API page size",
+        parse: |v, _| parse_token_limit(v),
+    }
+    /// `disable_engine`: this machine never leads the engine.
+    disable_engine: bool = DisableEngine {
+        default: "false",
+        value: "BOOL",
+        help: "Never run the engine on this machine",
+        parse: |v, _| parse_bool(v),
+    }
+    /// `disable_watches`: rely on timers only, no etcd watches.
+    disable_watches: bool = DisableWatches {
+        default: "false",
+        value: "BOOL",
+        help: "Use no etcd watches, only timers",
+        parse: |v, _| parse_bool(v),
+    }
+    /// `enable_grpc`: accepted for compatibility; the gRPC mode is not
+    /// implemented, so this only produces a warning when set.
+    enable_grpc: bool = EnableGrpc {
+        default: "false",
+        value: "BOOL",
+        help: "Experimental gRPC mode of the original; not supported, ignored",
+        parse: |v, ctx| {
+            let on = parse_bool(v)?;
+            if on {
+                ctx.warnings.push(format!(
+                    "enable_grpc (in {}) is not supported and is ignored",
+                    ctx.origin
+                ));
+            }
+            Ok(on)
+        },
+    }
+    /// `units_directory`: where the agent writes unit files.
+    units_directory: PathBuf = UnitsDirectory {
+        default: DEFAULT_UNITS_DIRECTORY,
+        value: "DIR",
+        help: "Where unit files are written",
+        parse: |v, _| parse_path(v),
+    }
+    /// `systemd_user`: drive the user manager over the session bus.
+    systemd_user: bool = SystemdUser {
+        default: "false",
+        value: "BOOL",
+        help: "Drive the user manager (session bus) instead of the system manager",
+        parse: |v, _| parse_bool(v),
+    }
+    /// `listen` (ours): API listeners when not socket-activated (ignored
+    /// when `LISTEN_FDS` hands us sockets).
+    listen: Vec<ListenAddr> = Listen {
+        default: DEFAULT_LISTEN,
+        value: "ADDRS",
+        help: "API listeners when not socket-activated: `unix:/path` or `host:port`, comma-separated",
+        parse: |v, _| parse_listen(v),
+    }
+    /// `machine_id_file` (ours): where this machine's ID is read from.
+    machine_id_file: PathBuf = MachineIdFile {
+        default: DEFAULT_MACHINE_ID_FILE,
+        value: "PATH",
+        help: "File holding this machine's ID",
+        parse: |v, _| parse_path(v),
+    }
+    // Accepted for compatibility, ignored with a warning, hidden from --help.
+    ;
+    deprecated {
+        verify_units = VerifyUnits { value: "BOOL" }
+        authorized_keys_file = AuthorizedKeysFile { value: "PATH" }
+    }
+}
+
+impl Default for Config {
+    /// Every option at the default of its table entry.
+    fn default() -> Self {
+        let mut c = Config::zero();
+        let origin = Origin::Env(String::new());
+        let mut warnings = Vec::new();
+        for opt in Opt::ALL {
+            let mut ctx = Ctx {
+                origin: &origin,
+                warnings: &mut warnings,
+            };
+            let default = opt.def().default;
+            if !opt.def().deprecated {
+                // The defaults are constants, checked by the tests
+                // (`defaults_match_the_reference`): a bad one is a bug.
+                c.apply(opt, default, &mut ctx)
+                    .expect("a built-in default parses");
+            }
+        }
+        c
+    }
+}
+
+impl fmt::Display for Opt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
