@@ -140,11 +140,7 @@ fn to_api_unit(
 fn to_api_machine(record: MachineRecord, dynamic: Option<&BTreeMap<String, String>>) -> Machine {
     let mut metadata = record.metadata;
     for (key, value) in dynamic.into_iter().flatten() {
-        if value.is_empty() {
-            metadata.remove(key);
-        } else {
-            metadata.insert(key.clone(), value.clone());
-        }
+        registry::merge_metadata(&mut metadata, key, value);
     }
     Machine {
         id: record.id.into(),

@@ -47,6 +47,7 @@ pub use kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
 pub use leader::Fence;
+pub use machines::merge_metadata;
 pub use mem::MemKv;
 pub use schedule::ScheduleChange;
 
