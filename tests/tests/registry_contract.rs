@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use fleetd::registry::cache::{self, CancellationToken, Reflector};
 use fleetd::registry::{
-    Compare, Error, EtcdKv, Event, EventKind, Kv, LeaseId, MemKv, Op, Registry, Revision,
-    ScheduleChange, Txn, TxnResponse, WatchStream,
+    Compare, Error, EtcdKv, Event, EventKind, Keys, Kv, LeaseId, MemKv, Op, ParsedKey, Registry,
+    Revision, ScheduleChange, Txn, TxnResponse, WatchStream,
 };
 use fleetd::schema::{
     Capabilities, MachineId, MachineRecord, ScheduledUnit, TargetState, UnitRecord, UnitStateRecord,
@@ -145,6 +145,46 @@ impl Backend for EtcdKv {
             .context("etcd put of raw bytes")?;
         Ok(true)
     }
+}
+
+/// A decoder of every key of the layout, as a cache of the whole registry
+/// would use: keys outside the layout, bad values and records that name
+/// another unit or machine than their key are skipped.
+fn whole_registry(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<ParsedKey> + Send + Sync {
+    move |key, value| {
+        let text = || std::str::from_utf8(value).ok();
+        let parsed = keys.parse(key)?;
+        let valid = match &parsed {
+            ParsedKey::Machine(id) => cache::json::<MachineRecord>(key, value)?.id == *id,
+            ParsedKey::Metadata { .. } => text().is_some(),
+            ParsedKey::Unit(name) => cache::json::<UnitRecord>(key, value)?.name == *name,
+            ParsedKey::Target(_) => text()?.parse::<MachineId>().is_ok(),
+            ParsedKey::Scheduled { .. } => cache::json::<ScheduledUnit>(key, value).is_some(),
+            ParsedKey::State { unit, machine } => {
+                let record: UnitStateRecord = cache::json(key, value)?;
+                record.name == *unit && record.machine_id == *machine
+            }
+            ParsedKey::Leader => text()?.parse::<MachineId>().is_ok(),
+        };
+        valid.then_some(parsed)
+    }
+}
+
+#[test]
+fn whole_registry_decodes_every_kind() {
+    let keys = Keys::new("/r/");
+    let decode = whole_registry(keys.clone());
+    let m: MachineId = "m1".parse().expect("valid machine ID");
+    assert_eq!(decode(&keys.leader(), b"m1"), Some(ParsedKey::Leader));
+    assert_eq!(
+        decode(&keys.metadata(&m, "role"), b"web"),
+        Some(ParsedKey::Metadata {
+            machine: m.clone(),
+            key: "role".into(),
+        })
+    );
+    assert_eq!(decode(&keys.machine(&m), b"{not json"), None);
+    assert_eq!(decode("/elsewhere/x", b"m1"), None);
 }
 
 fn mem(test: &str) -> Fx<MemKv> {
@@ -1750,7 +1790,7 @@ async fn invalid_values_are_skipped_by_every_read<K: Backend>(fx: Fx<K>) -> anyh
 
     // A cache of the whole registry (the engine's and agents' view) too.
     let (reflector, store) =
-        Reflector::new(fx.kv.clone(), keys.prefix(), cache::records(keys.clone()));
+        Reflector::new(fx.kv.clone(), keys.prefix(), whole_registry(keys.clone()));
     let cancel = CancellationToken::new();
     let task = tokio::spawn(reflector.run(cancel.clone()));
     tokio::time::timeout(EVENTUALLY, store.wait_ready()).await?;

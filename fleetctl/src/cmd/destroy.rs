@@ -1,6 +1,6 @@
 //! `fleetctl destroy UNIT...`: remove units from the cluster.
 
-use fleetd::client::FleetApi;
+use fleetd::client::{FleetApi, Refusal};
 
 use super::{Budget, Ctx, Exit, wait};
 use crate::cli::BlockArgs;
@@ -36,7 +36,7 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         match ctx.api.destroy_unit(&u.name).await {
             Ok(()) => {}
             // Gone already (destroyed concurrently, or named twice).
-            Err(err) if err.status() == Some(404) => continue,
+            Err(err) if err.refusal() == Some(Refusal::NotFound) => continue,
             Err(err) => {
                 ctx.ui.warn(format!("Error destroying units: {err}"));
                 exit = Exit::Failure;

@@ -3,7 +3,8 @@
 //!
 //! The body is always `{"error":{"code":N,"message":"..."}}` with
 //! `Content-Type: application/json`, as the original's `sendError`.
-//! Client refusals ([`client::Error::Api`]) keep their status and message;
+//! Client refusals ([`client::Error::Refused`]) get their status and keep
+//! their message;
 //! registry and other internal failures become a 500 with an empty message
 //! (the cause is logged here, once, and never shown to the caller).
 
@@ -37,12 +38,41 @@ impl ApiError {
 
     /// 400 Bad Request.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+        Self::refused(client::Refusal::BadRequest, message)
     }
 
     /// 404 with an empty message: no such path.
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "")
+    }
+
+    /// 404 with this message: the thing does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::refused(client::Refusal::NotFound, message)
+    }
+
+    /// 408 with this message: the request body did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, message)
+    }
+
+    /// 413 with this message.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    /// 415 with this message.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    }
+
+    /// The answer to a refusal of the registry client: its status, and its
+    /// message as is.
+    pub fn refused(refusal: client::Refusal, message: impl Into<String>) -> Self {
+        match StatusCode::from_u16(refusal.status()) {
+            Ok(status) => Self::new(status, message),
+            Err(_) => Self::internal(&client::Error::refused(refusal, message)),
+        }
     }
 
     /// 405 with this message.
@@ -52,7 +82,7 @@ impl ApiError {
 
     /// 503 while fleetd cannot talk to etcd.
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE)
+        Self::refused(client::Refusal::Unavailable, UNAVAILABLE)
     }
 
     /// 500 with an empty message, after logging what went wrong.
@@ -80,10 +110,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 impl From<client::Error> for ApiError {
     fn from(err: client::Error) -> Self {
         match err {
-            client::Error::Api { code, message } => match StatusCode::from_u16(code) {
-                Ok(status) => ApiError::new(status, message),
-                Err(_) => ApiError::internal(&client::Error::Api { code, message }),
-            },
+            client::Error::Refused { refusal, message } => ApiError::refused(refusal, message),
             other => ApiError::internal(&other),
         }
     }

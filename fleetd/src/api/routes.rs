@@ -109,14 +109,16 @@ fn first_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str
         .filter(|v| !v.is_empty())
 }
 
+/// A 200 answer with this JSON body.
+fn ok_json<T: serde::Serialize>(value: &T) -> Answer {
+    Ok(json_response(StatusCode::OK, value))
+}
+
 /// The request body, within [`BODY_LIMIT`] (413 beyond it).
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {BODY_LIMIT} bytes"),
-            )
+            ApiError::payload_too_large(format!("request body larger than {BODY_LIMIT} bytes"))
         } else {
             ApiError::bad_request(format!("unable to read body: {}", rejection.body_text()))
         }
@@ -257,11 +259,10 @@ async fn machines<K: Kv>(State(s): Shared<K>, req: Request) -> Answer {
                 .get("", token.page == 1, s.client.machines())
                 .await?;
             let (machines, next_page_token) = token.slice(&all);
-            let page = MachinePage {
+            ok_json(&MachinePage {
                 machines,
                 next_page_token,
-            };
-            Ok(json_response(StatusCode::OK, &page))
+            })
         }
         Method::PATCH => patch_machines(&s, req).await,
         _ => Err(ApiError::method_not_allowed(ONLY_GET_PATCH)),
@@ -300,13 +301,10 @@ async fn unit_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Answ
     let token = PageToken::from_query(&query_pairs(&uri), s.token_limit)?;
     let all = s.units.get("", token.page == 1, s.client.units()).await?;
     let (units, next_page_token) = token.slice(&all);
-    Ok(json_response(
-        StatusCode::OK,
-        &UnitPage {
-            next_page_token,
-            units,
-        },
-    ))
+    ok_json(&UnitPage {
+        next_page_token,
+        units,
+    })
 }
 
 /// `GET`, `PUT` and `DELETE /units/<name>`.
@@ -318,8 +316,8 @@ async fn unit_item<K: Kv>(
     let name = path_param(name)?;
     match *req.method() {
         Method::GET => match s.client.unit(&name).await? {
-            Some(unit) => Ok(json_response(StatusCode::OK, &unit)),
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, UNIT_NOT_FOUND)),
+            Some(unit) => ok_json(&unit),
+            None => Err(ApiError::not_found(UNIT_NOT_FOUND)),
         },
         Method::DELETE => {
             s.client.destroy_unit(&name).await?;
@@ -335,10 +333,10 @@ async fn unit_item<K: Kv>(
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let values: Vec<_> = headers.get_all(CONTENT_TYPE).iter().collect();
     let [value] = values.as_slice() else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected 1 Content-Type, got {}", values.len()),
-        ));
+        return Err(ApiError::unsupported_media_type(format!(
+            "expected 1 Content-Type, got {}",
+            values.len()
+        )));
     };
     let media = value
         .to_str()
@@ -346,8 +344,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.split(';').next())
         .map(str::trim);
     if media != Some("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        return Err(ApiError::unsupported_media_type(
             "only acceptable Content-Type is application/json",
         ));
     }
@@ -395,13 +392,10 @@ async fn state_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Ans
         )
         .await?;
     let (states, next_page_token) = token.slice(&all);
-    Ok(json_response(
-        StatusCode::OK,
-        &UnitStatePage {
-            next_page_token,
-            states,
-        },
-    ))
+    ok_json(&UnitStatePage {
+        next_page_token,
+        states,
+    })
 }
 
 /// `GET /state/<name>`: the state of a unit on the first machine (by ID)
@@ -416,8 +410,8 @@ async fn state_item<K: Kv>(
         return Err(ApiError::method_not_allowed(ONLY_GET));
     }
     match s.client.unit_state(&name).await? {
-        Some(state) => Ok(json_response(StatusCode::OK, &state)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, STATE_NOT_FOUND)),
+        Some(state) => ok_json(&state),
+        None => Err(ApiError::not_found(STATE_NOT_FOUND)),
     }
 }
 

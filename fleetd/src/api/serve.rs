@@ -48,7 +48,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::http::header::{CONNECTION, HeaderValue, SERVER};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -475,11 +474,9 @@ async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next
         "request body not received in time; closing the connection"
     );
     let server = res.headers().get(SERVER).cloned();
-    let mut res = super::ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        format!("request body not received within {timeout:?}"),
-    )
-    .into_response();
+    let mut res =
+        super::ApiError::request_timeout(format!("request body not received within {timeout:?}"))
+            .into_response();
     res.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     if let Some(server) = server {

@@ -16,7 +16,7 @@
 //! - Like the original Go client, every request carries `?alt=json`, listings
 //!   follow `nextPageToken` until a page comes without one, and a 404 on
 //!   `GET /units/<name>` or `GET /state/<name>` means "no such unit" (`None`).
-//! - Error answers (`{"error":{"code","message"}}`) become [`Error::Api`];
+//! - Error answers (`{"error":{"code","message"}}`) become [`Error::Refused`];
 //!   anything that prevents an answer becomes [`Error::Transport`], which
 //!   names the endpoint.
 //! - TLS ([`TlsOptions`], fleetctl's `--ca-file`, `--cert-file`,
@@ -50,7 +50,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use super::{Error, FleetApi, Result};
+use super::{Error, FleetApi, Refusal, Result};
 use crate::schema::{
     ErrorBody, Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage,
 };
@@ -670,7 +670,7 @@ impl HttpClient {
         not_found_is_none: bool,
     ) -> Result<Option<T>> {
         let (status, body) = self.send(Method::GET, uri.clone(), None).await?;
-        if status == StatusCode::NOT_FOUND && not_found_is_none {
+        if not_found_is_none && Refusal::from_status(status.as_u16()) == Refusal::NotFound {
             return Ok(None);
         }
         if !status.is_success() {
@@ -772,24 +772,18 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-/// Turns an error answer into [`Error::Api`], reading the fleet error body
+/// Turns an error answer into [`Error::Refused`], reading the fleet error body
 /// when there is one and the raw text otherwise.
 fn api_error(status: StatusCode, body: &[u8]) -> Error {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => Error::Api {
-            code: e.error.code,
-            message: e.error.message,
-        },
+        Ok(e) => Error::refused(Refusal::from_status(e.error.code), e.error.message),
         Err(_) => {
             let text = String::from_utf8_lossy(body);
             let mut message: String = text.trim().chars().take(512).collect();
             if message.is_empty() {
                 message = status.canonical_reason().unwrap_or_default().to_owned();
             }
-            Error::Api {
-                code: status.as_u16(),
-                message,
-            }
+            Error::refused(Refusal::from_status(status.as_u16()), message)
         }
     }
 }
@@ -1130,14 +1124,15 @@ mod tests {
             .await
             .unwrap_err();
         match err {
-            Error::Api { code, message } => {
-                assert_eq!(code, 400);
+            Error::Refused { refusal, message } => {
+                assert_eq!(refusal.status(), 400);
                 assert_eq!(message, r#"cannot activate template "foo@.service""#);
             }
             other => panic!("unexpected {other:?}"),
         }
         let err = c.destroy_unit("gone.service").await.unwrap_err();
         assert_eq!(err.status(), Some(404));
+        assert_eq!(err.refusal(), Some(Refusal::NotFound));
         let seen = seen.lock().unwrap();
         assert!(seen[0].starts_with("PUT /fleet/v1/units/a.service?alt=json HTTP/1.1\r\n"));
         assert!(

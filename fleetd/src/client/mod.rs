@@ -18,16 +18,59 @@ use std::future::Future;
 
 use crate::schema::{Machine, TargetState, Unit, UnitState};
 
+/// Why fleet refused a request. The same refusal comes from both drivers:
+/// [`RegistryClient`] returns it, the API server answers it with its status
+/// (`api/error.rs`), and [`HttpClient`] reads it back from that status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request is malformed or names an invalid thing (400).
+    BadRequest,
+    /// The thing does not exist (404).
+    NotFound,
+    /// The request contradicts what is stored (409).
+    Conflict,
+    /// fleet cannot reach its store right now (503).
+    Unavailable,
+    /// Another error status, as received over HTTP.
+    Status(u16),
+}
+
+impl Refusal {
+    /// The HTTP status of this refusal: the one table of refusals and
+    /// statuses, read both ways.
+    pub const fn status(self) -> u16 {
+        match self {
+            Refusal::BadRequest => 400,
+            Refusal::NotFound => 404,
+            Refusal::Conflict => 409,
+            Refusal::Unavailable => 503,
+            Refusal::Status(code) => code,
+        }
+    }
+
+    /// The refusal an HTTP status stands for.
+    pub const fn from_status(code: u16) -> Self {
+        match code {
+            400 => Refusal::BadRequest,
+            404 => Refusal::NotFound,
+            409 => Refusal::Conflict,
+            503 => Refusal::Unavailable,
+            code => Refusal::Status(code),
+        }
+    }
+}
+
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server answered with an error status.
-    #[error("{message} (HTTP {code})")]
-    Api {
-        /// HTTP status code.
-        code: u16,
-        /// The server's message (may be empty).
+    /// fleet refused the request.
+    #[error("{message} (HTTP {})", refusal.status())]
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// fleet's message (may be empty).
         message: String,
     },
     /// The request could not be sent or the answer not received.
@@ -48,12 +91,25 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status for API errors.
-    pub fn status(&self) -> Option<u16> {
+    /// A refusal with this message.
+    pub fn refused(refusal: Refusal, message: impl Into<String>) -> Self {
+        Error::Refused {
+            refusal,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal, for refused requests.
+    pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            Error::Api { code, .. } => Some(*code),
+            Error::Refused { refusal, .. } => Some(*refusal),
             _ => None,
         }
+    }
+
+    /// The HTTP status of refused requests.
+    pub fn status(&self) -> Option<u16> {
+        self.refusal().map(Refusal::status)
     }
 }
 
@@ -88,6 +144,25 @@ pub trait FleetApi: Send + Sync {
         state: TargetState,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Delete a unit. `Err(Api{code: 404})`-like `NotFound` when it does not exist.
+    /// Delete a unit. a [`Refusal::NotFound`] when it does not exist.
     fn destroy_unit(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    /// The HTTP client reads back the refusal the API server answered with.
+    #[test]
+    fn refusals_round_trip_through_their_status() {
+        for refusal in [
+            Refusal::BadRequest,
+            Refusal::NotFound,
+            Refusal::Conflict,
+            Refusal::Unavailable,
+            Refusal::Status(415),
+        ] {
+            assert_eq!(Refusal::from_status(refusal.status()), refusal);
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //! This is what the API server serves (as the original's `api/mux.go` is
 //! built on its `client.RegistryClient`) and what `fleetctl --driver=etcd`
 //! uses, so both see the same rules and the same error codes and messages:
-//! a refusal is an [`Error::Api`] carrying the HTTP status and message the
-//! `/fleet/v1` API answers with (fleet-reference.md §4.4), and a registry
+//! a refusal is an [`Error::Refused`] carrying the [`Refusal`](super::Refusal)
+//! and message the `/fleet/v1` API answers with (fleet-reference.md §4.4), and a registry
 //! failure is an [`Error::Registry`], which the API turns into a 500.
 //!
 //! # `currentState`
@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use units::{Requirements, UnitFile, UnitName};
 
-use super::{Error, FleetApi, Result};
+use super::{Error, FleetApi, Refusal, Result};
 use crate::registry::{self, Kv, Registry};
 use crate::schema::{
     Machine, MachineId, MachineRecord, TargetState, Unit, UnitOption, UnitRecord, UnitState,
@@ -67,14 +67,6 @@ pub enum PutOutcome {
 pub struct RegistryClient<K> {
     /// Where everything is read and written.
     registry: Registry<K>,
-}
-
-/// An [`Error::Api`] with this status and message.
-fn api_error(code: u16, message: impl Into<String>) -> Error {
-    Error::Api {
-        code,
-        message: message.into(),
-    }
 }
 
 /// Quotes `s` as Go's `%q` does for the characters that can occur in the
@@ -148,11 +140,7 @@ fn to_api_unit(
 fn to_api_machine(record: MachineRecord, dynamic: Option<&BTreeMap<String, String>>) -> Machine {
     let mut metadata = record.metadata;
     for (key, value) in dynamic.into_iter().flatten() {
-        if value.is_empty() {
-            metadata.remove(key);
-        } else {
-            metadata.insert(key.clone(), value.clone());
-        }
+        registry::merge_metadata(&mut metadata, key, value);
     }
     Machine {
         id: record.id.into(),
@@ -200,7 +188,7 @@ impl<K: Kv> RegistryClient<K> {
     ) -> Result<PutOutcome> {
         let name: UnitName = name
             .parse()
-            .map_err(|e: units::NameError| api_error(400, e.to_string()))?;
+            .map_err(|e: units::NameError| Error::refused(Refusal::BadRequest, e.to_string()))?;
         let file =
             UnitFile::from_options(options.into_iter().map(units::UnitOption::from).collect());
         let activates_template =
@@ -209,7 +197,9 @@ impl<K: Kv> RegistryClient<K> {
         for _ in 0..PUT_ATTEMPTS {
             // The unit as it stands, unless this request creates or replaces it.
             let kept = match self.registry.unit(&name).await? {
-                None if file.options().is_empty() => return Err(api_error(409, NO_OPTIONS)),
+                None if file.options().is_empty() => {
+                    return Err(Error::refused(Refusal::Conflict, NO_OPTIONS));
+                }
                 Some(current)
                     if file.options().is_empty() || current.value.hash() == file.hash() =>
                 {
@@ -218,7 +208,8 @@ impl<K: Kv> RegistryClient<K> {
                 _ => None,
             };
             let Some(current) = kept else {
-                units::validate_options(&name, &file).map_err(|e| api_error(400, e.to_string()))?;
+                units::validate_options(&name, &file)
+                    .map_err(|e| Error::refused(Refusal::BadRequest, e.to_string()))?;
                 if activates_template() {
                     return Err(template_error(&name));
                 }
@@ -231,7 +222,7 @@ impl<K: Kv> RegistryClient<K> {
                 return Ok(PutOutcome::Created);
             };
             let Some(state) = desired else {
-                return Err(api_error(409, NO_DESIRED_STATE));
+                return Err(Error::refused(Refusal::Conflict, NO_DESIRED_STATE));
             };
             if activates_template() {
                 return Err(template_error(&name));
@@ -301,8 +292,8 @@ impl<K: Kv> RegistryClient<K> {
 
 /// 400 for activating a template.
 fn template_error(name: &UnitName) -> Error {
-    api_error(
-        400,
+    Error::refused(
+        Refusal::BadRequest,
         format!("cannot activate template {}", go_quote(name.as_str())),
     )
 }
@@ -399,12 +390,12 @@ impl<K: Kv> FleetApi for RegistryClient<K> {
 
     async fn destroy_unit(&self, name: &str) -> Result<()> {
         let Ok(name) = name.parse::<UnitName>() else {
-            return Err(api_error(404, UNIT_NOT_FOUND));
+            return Err(Error::refused(Refusal::NotFound, UNIT_NOT_FOUND));
         };
         if self.registry.delete_unit(&name).await? {
             Ok(())
         } else {
-            Err(api_error(404, UNIT_NOT_FOUND))
+            Err(Error::refused(Refusal::NotFound, UNIT_NOT_FOUND))
         }
     }
 }
@@ -427,7 +418,7 @@ mod tests {
     async fn refusals_match_the_api() {
         let client = RegistryClient::new(Registry::new(crate::registry::MemKv::new(), "/t/"));
         let api = |e: Error| match e {
-            Error::Api { code, message } => (code, message),
+            Error::Refused { refusal, message } => (refusal.status(), message),
             other => panic!("not an API error: {other}"),
         };
         let opt = UnitOption {

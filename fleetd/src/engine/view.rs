@@ -194,11 +194,7 @@ pub fn build_view(snapshots: &Snapshots, overlay: &Overlay) -> ClusterView {
         .collect();
     for m in snapshots.metadata.values() {
         if let Some(machine) = machines.get_mut(&m.machine) {
-            if m.value.is_empty() {
-                machine.metadata.remove(&m.key);
-            } else {
-                machine.metadata.insert(m.key.clone(), m.value.clone());
-            }
+            crate::registry::merge_metadata(&mut machine.metadata, &m.key, &m.value);
         }
     }
     let units = snapshots

@@ -13,8 +13,8 @@
 //!   it cannot decode is data fleet did not write: it is left out of the map
 //!   (the key is removed if it was there), logged and counted by kind of key
 //!   (see [`super::invalid`]), never fatal: one bad record must not blind
-//!   the engine to the others. [`json`] and [`records`] are ready-made
-//!   decoders.
+//!   the engine to the others. [`json`] is a ready-made
+//!   decoder.
 //! - **Snapshots** are copy-on-write: a batch of events is applied with
 //!   `Arc::make_mut`, which copies the map only while some reader still holds
 //!   the previous snapshot. A relist builds a fresh map and swaps it in at
@@ -78,10 +78,9 @@ pub use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::invalid;
-use super::keys::{Keys, ParsedKey, kind_of};
+use super::keys::kind_of;
 use super::kv::{Event, EventKind, KeyValue, Kv};
 use super::{Error, Revision};
-use crate::schema::{MachineId, MachineRecord, ScheduledUnit, UnitRecord, UnitStateRecord};
 
 /// A consistent view of the cache: full key → decoded value.
 pub type Snapshot<T> = Arc<BTreeMap<String, Arc<T>>>;
@@ -507,86 +506,6 @@ pub fn json<T: DeserializeOwned>(_key: &str, value: &[u8]) -> Option<T> {
     serde_json::from_slice(value).ok()
 }
 
-/// Any record of the registry, decoded with its key's parts: the value type
-/// of a cache of the whole prefix (one watch for everything, as the engine
-/// wants). Build one with [`records`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// `machines/<id>`.
-    Machine(MachineRecord),
-    /// `metadata/<machine>/<key>`.
-    Metadata {
-        /// The machine.
-        machine: MachineId,
-        /// The metadata key.
-        key: String,
-        /// Its value.
-        value: String,
-    },
-    /// `units/<name>`.
-    Unit(UnitRecord),
-    /// `targets/<unit>`.
-    Target {
-        /// The unit.
-        unit: units::UnitName,
-        /// The machine it is scheduled to.
-        machine: MachineId,
-    },
-    /// `schedule/<machine>/<unit>`.
-    Scheduled {
-        /// The machine.
-        machine: MachineId,
-        /// The unit.
-        unit: units::UnitName,
-        /// What the agent must do.
-        entry: ScheduledUnit,
-    },
-    /// `states/<unit>/<machine>`.
-    State(UnitStateRecord),
-    /// `engine/leader`.
-    Leader(MachineId),
-}
-
-/// A decoder of every key of the layout into a [`Record`]; keys outside it,
-/// bad values and records that name another unit or machine than their key
-/// are skipped (and logged and counted by the reflector).
-pub fn records(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<Record> + Send + Sync + 'static {
-    move |key, value| {
-        let text = || std::str::from_utf8(value).ok();
-        Some(match keys.parse(key)? {
-            ParsedKey::Machine(id) => {
-                let record: MachineRecord = json(key, value)?;
-                // A record naming another machine than its key is not ours.
-                Record::Machine((record.id == id).then_some(record)?)
-            }
-            ParsedKey::Metadata { machine, key } => Record::Metadata {
-                machine,
-                key,
-                value: text()?.to_owned(),
-            },
-            ParsedKey::Unit(name) => {
-                let record: UnitRecord = json(key, value)?;
-                Record::Unit((record.name == name).then_some(record)?)
-            }
-            ParsedKey::Target(unit) => Record::Target {
-                unit,
-                machine: text()?.parse().ok()?,
-            },
-            ParsedKey::Scheduled { machine, unit } => Record::Scheduled {
-                machine,
-                unit,
-                entry: json(key, value)?,
-            },
-            ParsedKey::State { unit, machine } => {
-                let record: UnitStateRecord = json(key, value)?;
-                let matches = record.name == unit && record.machine_id == machine;
-                Record::State(matches.then_some(record)?)
-            }
-            ParsedKey::Leader => Record::Leader(text()?.parse().ok()?),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,26 +674,5 @@ mod tests {
         assert_eq!(store.snapshot().len(), 2);
         cancel.cancel();
         Ok(())
-    }
-
-    #[test]
-    fn records_decode_every_kind() {
-        let keys = Keys::new("/r/");
-        let decode = records(keys.clone());
-        let m: MachineId = "m1".parse().expect("valid machine ID");
-        assert_eq!(
-            decode(&keys.leader(), b"m1"),
-            Some(Record::Leader(m.clone()))
-        );
-        assert_eq!(
-            decode(&keys.metadata(&m, "role"), b"web"),
-            Some(Record::Metadata {
-                machine: m.clone(),
-                key: "role".into(),
-                value: "web".into()
-            })
-        );
-        assert_eq!(decode(&keys.machine(&m), b"{not json"), None);
-        assert_eq!(decode("/elsewhere/x", b"m1"), None);
     }
 }

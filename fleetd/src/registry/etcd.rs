@@ -78,7 +78,7 @@ use super::keys::kind_of;
 use super::kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
-use super::{Error, Result, Revision, invalid};
+use super::{Cause, Error, Result, Revision, invalid};
 
 /// The largest gRPC message accepted from etcd. One value is at most etcd's
 /// `--max-request-bytes` (1.5 MiB by default; etcd advises against more
@@ -247,18 +247,6 @@ impl fmt::Debug for EtcdKv {
             .finish_non_exhaustive()
     }
 }
-
-/// A message-only cause, for failures etcd-client does not type.
-#[derive(Debug)]
-struct Msg(String);
-
-impl fmt::Display for Msg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Msg {}
 
 /// gRPC status codes (as numbers: tonic is not a direct dependency).
 mod code {
@@ -647,7 +635,7 @@ impl EtcdKv {
             if limit <= 1 {
                 return Err(Error::Rejected {
                     op: format!("reading {prefix}"),
-                    source: Box::new(Msg(format!(
+                    source: Box::new(Cause(format!(
                         "one key-value is larger than the {MAX_MESSAGE} bytes accepted from etcd"
                     ))),
                 });
@@ -840,7 +828,7 @@ impl Kv for EtcdKv {
             Some(raw) => Ok(raw.page),
             None => Err(Error::Rejected {
                 op: format!("reading {prefix}"),
-                source: Box::new(Msg(format!(
+                source: Box::new(Cause(format!(
                     "the response to a range of {limit} keys is larger than the {MAX_MESSAGE} bytes accepted from etcd"
                 ))),
             }),
@@ -925,7 +913,7 @@ impl Kv for EtcdKv {
         if !resp.error().is_empty() {
             return Err(Error::Rejected {
                 op: format!("granting a lease of {secs} s"),
-                source: Box::new(Msg(resp.error().to_owned())),
+                source: Box::new(Cause(resp.error().to_owned())),
             });
         }
         Ok(LeaseId(resp.id()))
@@ -955,7 +943,7 @@ impl Kv for EtcdKv {
             Some(_) => Err(Error::LeaseNotFound(lease.0)),
             None => Err(Error::Unavailable {
                 op: format!("keeping lease {} alive", lease.0),
-                source: Box::new(Msg("keep-alive stream closed".into())),
+                source: Box::new(Cause("keep-alive stream closed".into())),
             }),
         }
     }
@@ -999,8 +987,8 @@ impl Kv for EtcdKv {
             None => {
                 return Err(Error::Unavailable {
                     op,
-                    source: Box::new(Msg(
-                        "watch stream closed before the watch was created".into()
+                    source: Box::new(Cause(
+                        "watch stream closed before the watch was created".into(),
                     )),
                 });
             }
@@ -1034,7 +1022,7 @@ fn canceled(op: &str, requested: i64, resp: &ec::WatchResponse) -> Error {
     } else {
         Error::Unavailable {
             op: op.to_owned(),
-            source: Box::new(Msg(format!("watch cancelled: {}", resp.cancel_reason()))),
+            source: Box::new(Cause(format!("watch cancelled: {}", resp.cancel_reason()))),
         }
     }
 }
@@ -1117,7 +1105,7 @@ impl Watching {
                             self.done = true;
                             Err(Error::Unavailable {
                                 op: self.op.clone(),
-                                source: Box::new(Msg("watch stream ended".into())),
+                                source: Box::new(Cause("watch stream ended".into())),
                             })
                         }
                         Err(e) => {

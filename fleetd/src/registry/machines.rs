@@ -23,6 +23,17 @@ use super::{
 };
 use crate::schema::{MachineId, MachineRecord};
 
+/// Lays one dynamic metadata key (set through the API) over a machine's
+/// metadata (from its config): the value replaces the config's, and an
+/// empty value, the API's tombstone for a removed key, hides it.
+pub fn merge_metadata(metadata: &mut BTreeMap<String, String>, key: &str, value: &str) {
+    if value.is_empty() {
+        metadata.remove(key);
+    } else {
+        metadata.insert(key.to_owned(), value.to_owned());
+    }
+}
+
 /// How often a registration retries after losing a race on the key.
 const REGISTER_ATTEMPTS: usize = 5;
 

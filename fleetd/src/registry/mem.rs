@@ -54,7 +54,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
-use super::{Error, Result, Revision};
+use super::{Cause, Error, Result, Revision};
 
 /// etcd's default `--max-txn-ops`: the most operations one branch of a
 /// transaction may hold.
@@ -165,22 +165,10 @@ impl fmt::Display for SimulatedOutage {
 
 impl std::error::Error for SimulatedOutage {}
 
-/// The cause carried by `Rejected` errors.
-#[derive(Debug)]
-struct Invalid(String);
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Invalid {}
-
 fn rejected(op: &str, why: impl Into<String>) -> Error {
     Error::Rejected {
         op: op.to_owned(),
-        source: Box::new(Invalid(why.into())),
+        source: Box::new(Cause(why.into())),
     }
 }
 

@@ -47,6 +47,7 @@ pub use kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
 pub use leader::Fence;
+pub use machines::merge_metadata;
 pub use mem::MemKv;
 pub use schedule::ScheduleChange;
 
@@ -161,6 +162,18 @@ impl Error {
         matches!(self, Error::Unavailable { .. } | Error::Conflict { .. })
     }
 }
+
+/// A message-only cause of an [`Error`], for failures no library types.
+#[derive(Debug)]
+pub(crate) struct Cause(pub(crate) String);
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cause {}
 
 /// Registry result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
