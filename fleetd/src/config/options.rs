@@ -30,8 +30,8 @@ use super::{ListenAddr, Origin, ValueError};
 
 /// Default `etcd_servers`.
 pub const DEFAULT_ETCD_SERVERS: &str = "http://127.0.0.1:2379,http://127.0.0.1:4001";
-/// Default `etcd_key_prefix`.
-pub const DEFAULT_ETCD_KEY_PREFIX: &str = "/_coreos.com/fleet/";
+/// Default `etcd_key_prefix`: the registry's own default layout.
+pub const DEFAULT_ETCD_KEY_PREFIX: &str = crate::registry::keys::DEFAULT_PREFIX;
 /// Default `units_directory`.
 pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units/";
 /// Default `listen`.
