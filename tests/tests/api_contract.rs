@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fleetd::api::{
-    ApiOptions, BODY_LIMIT, DISCOVERY, PREFIXES, PageToken, UNAVAILABLE, bind_unix, router, serve,
+    ApiOptions, BODY_LIMIT, DISCOVERY, DISCOVERY_EXTENSIONS, PREFIXES, PageToken, UNAVAILABLE,
+    bind_unix, router, serve,
 };
 use fleetd::client::RegistryClient;
 use fleetd::registry::{EtcdKv, Kv, LeaseId, MemKv, Registry, ScheduleChange};
@@ -452,43 +453,59 @@ async fn routing_errors<K: Kv>(kv: K) {
     s.shutdown().await;
 }
 
+/// The original's discovery document (coreos/fleet schema/v1.json), the
+/// golden copy that `/discovery` must serve unchanged.
+const ORIGINAL_DISCOVERY: &str = include_str!("../golden/fleet-v1-discovery.json");
+
+/// `/discovery` serves the original's document: equal as JSON to the golden
+/// copy, every method and schema of it present with the same `required`
+/// flags; our additions are only in `/discovery/extensions`.
 async fn discovery_document<K: Kv>(kv: K) {
     let s = Server::start(kv).await;
+    let original: serde_json::Value =
+        serde_json::from_str(ORIGINAL_DISCOVERY).expect("the golden document is JSON");
     for prefix in PREFIXES {
         let r = s.get(&format!("{prefix}/discovery?alt=json")).await;
-        r.expect_json(200, DISCOVERY);
-    }
-    let doc: serde_json::Value =
-        serde_json::from_str(DISCOVERY).expect("the discovery document is JSON");
-    assert_eq!(doc["rootUrl"], "$ENDPOINT/");
-    assert_eq!(doc["servicePath"], "fleet/v1/");
-    for schema in [
-        "Unit",
-        "UnitOption",
-        "UnitPage",
-        "UnitState",
-        "UnitStatePage",
-        "Machine",
-        "MachinePage",
-    ] {
-        assert_eq!(doc["schemas"][schema]["id"], schema);
-    }
-    for (resource, method, verb, path) in [
-        ("Machines", "List", "GET", "machines"),
-        ("Machines", "Patch", "PATCH", "machines"),
-        ("Units", "List", "GET", "units"),
-        ("Units", "Get", "GET", "units/{unitName}"),
-        ("Units", "Set", "PUT", "units/{unitName}"),
-        ("Units", "Delete", "DELETE", "units/{unitName}"),
-        ("UnitState", "List", "GET", "state"),
-        ("UnitState", "Get", "GET", "state/{unitName}"),
-    ] {
-        let m = &doc["resources"][resource]["methods"][method];
+        assert_eq!(r.status, 200, "{r:?}");
+        let served: serde_json::Value =
+            serde_json::from_str(&r.body).expect("the discovery document is JSON");
         assert_eq!(
-            (m["httpMethod"].as_str(), m["path"].as_str()),
-            (Some(verb), Some(path))
+            served, original,
+            "{prefix}/discovery differs from the original's"
         );
+        let r = s.get(&format!("{prefix}/discovery/extensions")).await;
+        r.expect_json(200, DISCOVERY_EXTENSIONS);
     }
+    let doc: serde_json::Value = serde_json::from_str(DISCOVERY).expect("JSON");
+    assert_eq!(doc["rootUrl"], "$ENDPOINT/");
+    assert_eq!(doc["name"], "schema");
+    for (name, schema) in original["schemas"].as_object().expect("schemas") {
+        for (field, prop) in schema["properties"].as_object().expect("properties") {
+            assert_eq!(
+                doc["schemas"][name]["properties"][field]["required"], prop["required"],
+                "{name}.{field}"
+            );
+        }
+    }
+    for (resource, methods) in original["resources"].as_object().expect("resources") {
+        for (method, m) in methods["methods"].as_object().expect("methods") {
+            assert_eq!(
+                doc["resources"][resource]["methods"][method], *m,
+                "{resource}.{method}"
+            );
+        }
+    }
+    let ext: serde_json::Value = serde_json::from_str(DISCOVERY_EXTENSIONS).expect("JSON");
+    let patch = &ext["resources"]["Machines"]["methods"]["Patch"];
+    assert_eq!(
+        (patch["httpMethod"].as_str(), patch["path"].as_str()),
+        (Some("PATCH"), Some("machines"))
+    );
+    assert!(
+        doc["resources"]["Machines"]["methods"]
+            .get("Patch")
+            .is_none()
+    );
     s.shutdown().await;
 }
 

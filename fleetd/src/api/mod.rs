@@ -16,7 +16,9 @@
 //!   the accept loops with graceful shutdown, and what one client may take
 //!   ([`ServeOptions`]: header and body read timeouts, connections per
 //!   listener).
-//! - `discovery.json`: the discovery document served at `/discovery`.
+//! - `discovery.json`: the original's discovery document, unchanged, served at
+//!   `/discovery`; `discovery-extensions.json`: what we serve beyond it
+//!   (metadata `PATCH /machines`), served at `/discovery/extensions`.
 //!
 //! Around every route: the `Server: fleetd/<version>` header, a readiness
 //! gate (503 until fleetd can talk to etcd), and a body size limit.
@@ -53,7 +55,7 @@ use tokio::sync::watch;
 
 pub use error::{ApiError, UNAVAILABLE};
 pub use page::PageToken;
-pub use routes::{BODY_LIMIT, DISCOVERY, PREFIXES};
+pub use routes::{BODY_LIMIT, DISCOVERY, DISCOVERY_EXTENSIONS, PREFIXES};
 pub use serve::{
     BODY_READ_TIMEOUT, DRAIN_DEADLINE, HEADER_READ_TIMEOUT, Listener, MAX_CONNECTIONS,
     ServeOptions, bind_tcp, bind_unix, from_listen_fds, serve, serve_with, serve_with_deadline,

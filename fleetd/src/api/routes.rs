@@ -30,8 +30,14 @@ pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
 /// Largest request body accepted (PUT and PATCH bodies are small).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The discovery document, served as is.
+/// The discovery document, served as is: the original's, unchanged, since
+/// clients generate their bindings from it.
 pub const DISCOVERY: &str = include_str!("discovery.json");
+
+/// What we serve beyond [`DISCOVERY`] (the metadata `PATCH /machines`), as
+/// a discovery document of its own at `/discovery/extensions`, so that the
+/// original's document stays exactly as its clients know it.
+pub const DISCOVERY_EXTENSIONS: &str = include_str!("discovery-extensions.json");
 
 /// 404 body for `GET /state/<name>` when no machine reported the unit.
 pub const STATE_NOT_FOUND: &str = "unit state does not exist";
@@ -78,6 +84,10 @@ pub(super) fn routes<K: Kv>(state: Arc<AppState<K>>) -> Router {
     for prefix in PREFIXES {
         router = router
             .route(&format!("{prefix}/discovery"), any(discovery))
+            .route(
+                &format!("{prefix}/discovery/extensions"),
+                any(discovery_extensions),
+            )
             .route(&format!("{prefix}/machines"), any(machines::<K>))
             .route(&format!("{prefix}/units"), any(unit_list::<K>))
             .route(&format!("{prefix}/units/{{name}}"), any(unit_item::<K>))
@@ -137,13 +147,24 @@ fn path_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiE
 /// `GET /discovery`: the discovery document. Other methods are a 400, as in
 /// the original.
 async fn discovery(method: Method) -> Answer {
+    json_document(method, DISCOVERY)
+}
+
+/// `GET /discovery/extensions`: the discovery document of our additions,
+/// answered as `/discovery` is.
+async fn discovery_extensions(method: Method) -> Answer {
+    json_document(method, DISCOVERY_EXTENSIONS)
+}
+
+/// A static JSON document for a GET; other methods are a 400.
+fn json_document(method: Method, document: &'static str) -> Answer {
     if method != Method::GET {
         return Err(ApiError::bad_request(ONLY_HTTP_GET));
     }
     Ok((
         StatusCode::OK,
         [(CONTENT_TYPE, "application/json")],
-        DISCOVERY,
+        document,
     )
         .into_response())
 }
