@@ -8,6 +8,7 @@
 //!   [`api`], [`metrics`] and [`daemon`], which wires them together.
 
 pub mod client;
+pub mod errors;
 pub mod registry;
 pub mod schema;
 

@@ -39,11 +39,11 @@ use std::ops::ControlFlow;
 use anyhow::{Context, anyhow};
 use fleetd::client::FleetApi;
 use fleetd::schema::{TargetState, Unit};
-use units::UnitName;
+use units::{UnitName, go_quote};
 
 use crate::cli::{BlockArgs, Command, ScheduleArgs};
 use crate::connect::Remote;
-use crate::render::{self, MachineIndex, go_quote};
+use crate::render::{self, MachineIndex};
 use crate::ui::Ui;
 use crate::units_io::{self, LocalMatch};
 

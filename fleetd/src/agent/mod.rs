@@ -662,18 +662,7 @@ fn parse_files(
         .collect()
 }
 
-/// An error and its causes on one line (`a: b: c`), for log fields and
-/// reports.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::errors::error_chain;
 
 #[cfg(test)]
 mod tests;

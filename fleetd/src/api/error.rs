@@ -13,6 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 
 use crate::client;
+use crate::errors::ErrorChain;
 use crate::schema::{ErrorBody, ErrorDetail};
 
 /// The 503 message while fleetd cannot talk to etcd.
@@ -89,21 +90,6 @@ impl ApiError {
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %ErrorChain(cause), "API request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "")
-    }
-}
-
-/// Displays an error with its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
     }
 }
 

@@ -57,6 +57,7 @@ pub use schedule::{
 use view::{Overlay, Snapshots};
 
 use crate::config::Config;
+use crate::errors::error_chain;
 use crate::registry::cache::{CacheMode, Reflector, Store};
 use crate::registry::{self, Fence, Kv, LeaseId, ParsedKey, Registry, Revision, ScheduleChange};
 use crate::schema::{MachineId, MachineRecord};
@@ -238,18 +239,6 @@ impl Backoff {
     }
 }
 
-/// An error with its causes, on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl<K: Kv> Engine<K> {
     /// The engine of `machine` (the ID it writes in the leader key).
     pub fn new(registry: Registry<K>, machine: MachineId, config: EngineConfig) -> Self {
@@ -380,7 +369,7 @@ impl<K: Kv> Engine<K> {
                 Ok(None) => backoff.reset(),
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    warn!(error = %chain(&e), ?delay, "cannot compete for engine leadership; retrying");
+                    warn!(error = %error_chain(&e), ?delay, "cannot compete for engine leadership; retrying");
                     retry_at = Some(Instant::now() + delay);
                 }
             }
@@ -473,7 +462,7 @@ impl<K: Kv> Engine<K> {
             match self.registry.keep_alive(fence.lease).await {
                 Ok(_) => refreshed = Instant::now(),
                 Err(registry::Error::LeaseNotFound(_)) => return "engine lease expired",
-                Err(e) => warn!(error = %chain(&e), "cannot refresh the engine lease"),
+                Err(e) => warn!(error = %error_chain(&e), "cannot refresh the engine lease"),
             }
             if refreshed.elapsed() >= ttl {
                 return "engine lease not refreshed within its TTL";
@@ -481,7 +470,7 @@ impl<K: Kv> Engine<K> {
             match self.registry.is_leader(fence).await {
                 Ok(true) => {}
                 Ok(false) => return "the leader key belongs to another term",
-                Err(e) => warn!(error = %chain(&e), "cannot check engine leadership"),
+                Err(e) => warn!(error = %error_chain(&e), "cannot check engine leadership"),
             }
         }
     }
@@ -631,7 +620,7 @@ impl<K: Kv> Engine<K> {
                 }
                 Err(e) => {
                     report.applied = false;
-                    warn!(error = %chain(&e), decisions = plan.decisions.len(), "cannot write the schedule; retrying");
+                    warn!(error = %error_chain(&e), decisions = plan.decisions.len(), "cannot write the schedule; retrying");
                     PassOutcome::Failed
                 }
             }
@@ -649,7 +638,7 @@ impl<K: Kv> Engine<K> {
         match tokio::time::timeout(RELEASE_TIMEOUT, self.registry.release_leadership(fence)).await {
             Ok(Ok(())) => info!("engine leadership released"),
             Ok(Err(e)) => {
-                warn!(error = %chain(&e), "cannot release engine leadership; it expires with the lease");
+                warn!(error = %error_chain(&e), "cannot release engine leadership; it expires with the lease");
             }
             Err(_) => warn!("releasing engine leadership timed out; it expires with the lease"),
         }
@@ -660,7 +649,9 @@ impl<K: Kv> Engine<K> {
     async fn revoke(&self, lease: LeaseId) {
         match tokio::time::timeout(RELEASE_TIMEOUT, self.registry.revoke_lease(lease)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(error = %chain(&e), "cannot revoke the engine lease; it expires"),
+            Ok(Err(e)) => {
+                debug!(error = %error_chain(&e), "cannot revoke the engine lease; it expires");
+            }
             Err(_) => debug!("revoking the engine lease timed out; it expires"),
         }
     }
