@@ -55,8 +55,8 @@ pub use file::{LINE_MAX, ParseError, ParseErrorKind, UnitFile, UnitOption};
 pub use glob::glob_match;
 pub use hash::{HashError, UnitHash, array as hash_array};
 pub use line::{OptionProblem, Part};
-pub use quote::{go_quote, go_quote_rune};
 pub use name::{NameError, UNIT_NAME_MAX, UnitName, is_agent_suffix, mangle_name};
+pub use quote::{go_quote, go_quote_rune};
 pub use xfleet::{Requirements, RequirementsError, X_FLEET_SECTION, validate_options};
 
 #[cfg(test)]
