@@ -206,6 +206,25 @@ pub async fn find_units<A: FleetApi>(
         .collect())
 }
 
+/// How `stop`, `unload` and `destroy` begin: the units of the registry
+/// named by `names` ([`find_units`]). Breaks with exit 0 after `No units
+/// given` when there are no names, or after `Units not found in registry`
+/// when none of them exists, as the original did.
+pub async fn known_units<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    names: &[String],
+) -> anyhow::Result<ControlFlow<Exit, Vec<Unit>>> {
+    if let Some(exit) = require_units(ctx.ui, names) {
+        return Ok(ControlFlow::Break(exit));
+    }
+    let units = find_units(ctx, names).await?;
+    if units.is_empty() {
+        ctx.ui.warn("Units not found in registry");
+        return Ok(ControlFlow::Break(Exit::Success));
+    }
+    Ok(ControlFlow::Continue(units))
+}
+
 /// Sets the desired state of each named unit that is not already there and
 /// returns those units (as they were before), in order (Go's
 /// `setTargetStateOfUnits`). Stops at the first error.
