@@ -26,6 +26,8 @@
 //!   [`validate_options`] and [`RequirementsError`].
 //! * `glob`: [`glob_match`], a port of Go's `path.Match` used by
 //!   `Conflicts` and `Replaces`.
+//! * `escape`: [`decode_hex_escapes`], for text with `%XX`-style byte
+//!   escapes (URLs, systemd's D-Bus object paths).
 //! * `quote`: [`go_quote`] and [`go_quote_rune`], Go's `%q` quoting, for
 //!   messages (here and in fleetd and fleetctl) that the original formatted
 //!   that way.
@@ -43,6 +45,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod escape;
 mod file;
 mod glob;
 mod hash;
@@ -51,6 +54,7 @@ mod name;
 mod quote;
 mod xfleet;
 
+pub use escape::decode_hex_escapes;
 pub use file::{LINE_MAX, ParseError, ParseErrorKind, UnitFile, UnitOption};
 pub use glob::glob_match;
 pub use hash::{HashError, UnitHash, array as hash_array};

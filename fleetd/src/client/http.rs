@@ -326,7 +326,7 @@ impl Endpoint {
                         ),
                     ));
                 }
-                let path = percent_decode(path).ok_or_else(|| {
+                let path = units::decode_hex_escapes(path, b'%').ok_or_else(|| {
                     InvalidEndpoint::new(endpoint, "bad percent-encoding in path")
                 })?;
                 if path.is_empty() || path == "/" {
@@ -395,24 +395,6 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
         Some(p) => p.parse().ok()?,
     };
     Some((host, port))
-}
-
-/// Decodes `%XX` escapes; `None` if an escape or the result is malformed.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes `s` for use in a URL, keeping the unreserved characters
