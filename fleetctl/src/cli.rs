@@ -67,6 +67,30 @@ pub fn go_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A Go-style boolean flag, as the original's `flag` package reads one:
+/// `--x` alone is true, `--x=BOOL` takes Go's spellings ([`go_bool`]), and a
+/// following word is never taken as its value. Written in a derive as
+/// `#[arg(long, go_flag = DEFAULT)]`; a `false` default is not shown in the
+/// help, a `true` one is.
+pub trait GoFlag {
+    /// Makes this argument a Go-style boolean flag defaulting to `default`.
+    #[must_use]
+    fn go_flag(self, default: bool) -> Self;
+}
+
+impl GoFlag for clap::Arg {
+    fn go_flag(self, default: bool) -> Self {
+        self.value_name("BOOL")
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_value(if default { "true" } else { "false" })
+            .default_missing_value("true")
+            .value_parser(go_bool)
+            .action(ArgAction::Set)
+            .hide_default_value(!default)
+    }
+}
+
 /// Parses a duration in seconds (a non-negative decimal number).
 pub fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -122,9 +146,10 @@ pub struct GlobalArgs {
     /// Verify host keys presented by remote machines before initiating SSH
     /// connections.
     #[arg(
-        long, global = true, env = "FLEETCTL_STRICT_HOST_KEY_CHECKING", value_name = "BOOL",
-        num_args = 0..=1, require_equals = true, default_value = "true",
-        default_missing_value = "true", value_parser = go_bool
+        long,
+        global = true,
+        env = "FLEETCTL_STRICT_HOST_KEY_CHECKING",
+        go_flag = true
     )]
     pub strict_host_key_checking: bool,
 
@@ -189,26 +214,20 @@ pub struct GlobalArgs {
 
     /// DEPRECATED: do not use this flag.
     #[arg(
-        long, global = true, env = "FLEETCTL_EXPERIMENTAL_API", value_name = "BOOL", hide = true,
-        num_args = 0..=1, require_equals = true, default_value = "true",
-        default_missing_value = "true", value_parser = go_bool
+        long,
+        global = true,
+        env = "FLEETCTL_EXPERIMENTAL_API",
+        hide = true,
+        go_flag = true
     )]
     pub experimental_api: bool,
 
     /// Print out more debug information to stderr.
-    #[arg(
-        long, global = true, env = "FLEETCTL_DEBUG", value_name = "BOOL",
-        num_args = 0..=1, require_equals = true, default_value = "false",
-        default_missing_value = "true", value_parser = go_bool, hide_default_value = true
-    )]
+    #[arg(long, global = true, env = "FLEETCTL_DEBUG", go_flag = false)]
     pub debug: bool,
 
     /// Print the version and exit.
-    #[arg(
-        long, global = true, env = "FLEETCTL_VERSION", value_name = "BOOL",
-        num_args = 0..=1, require_equals = true, default_value = "false",
-        default_missing_value = "true", value_parser = go_bool, hide_default_value = true
-    )]
+    #[arg(long, global = true, env = "FLEETCTL_VERSION", go_flag = false)]
     pub version: bool,
 
     /// The fleetctl to run on the --tunnel host for `fd-forward` (it must
@@ -316,11 +335,7 @@ pub enum OutputFormat {
 pub struct BlockArgs {
     /// Do not wait until the units have reached their state before exiting.
     /// Always the case for global units.
-    #[arg(
-        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, go_flag = false)]
     pub no_block: bool,
 
     /// Wait until the units have reached their state, performing up to N
@@ -335,19 +350,11 @@ pub struct BlockArgs {
 #[derive(Debug, Clone, Copy, Args)]
 pub struct SubmitArgs {
     /// Replace the old units in the cluster with new versions.
-    #[arg(
-        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, go_flag = false)]
     pub replace: bool,
 
     /// DEPRECATED - this option cannot be used
-    #[arg(
-        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, go_flag = false)]
     pub sign: bool,
 }
 
@@ -355,19 +362,11 @@ pub struct SubmitArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
     /// Do not ellipsize fields on output
-    #[arg(
-        long, short = 'l', alias = "l", value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, short = 'l', alias = "l", go_flag = false)]
     pub full: bool,
 
     /// Do not print a legend (column headers)
-    #[arg(
-        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, go_flag = false)]
     pub no_legend: bool,
 
     /// Output format: "table" or "json"

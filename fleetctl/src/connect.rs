@@ -88,7 +88,7 @@ fn etcd_driver(global: &GlobalArgs) -> anyhow::Result<bool> {
     }
     Err(anyhow!(
         "unrecognized driver {}",
-        crate::render::go_quote(&global.driver)
+        units::go_quote(&global.driver)
     ))
 }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use fleetd::schema::{Machine, Unit, UnitState};
+use units::go_quote;
 
 /// Width of a TAB in the output.
 const TAB_WIDTH: usize = 8;
@@ -207,39 +208,6 @@ pub fn parse_fields<'a>(spec: &'a str, valid: &[&str]) -> Result<Vec<&'a str>, F
         Some(bad) => Err(FieldsError::Invalid((*bad).to_owned())),
         None => Ok(fields),
     }
-}
-
-/// Quotes a string as Go's `%q` does (for messages that the original
-/// formatted that way).
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            c if c.is_control() => {
-                let n = u32::from(c);
-                if n < 0x80 {
-                    out.push_str(&format!("\\x{n:02x}"));
-                } else if n < 0x1_0000 {
-                    out.push_str(&format!("\\u{n:04x}"));
-                } else {
-                    out.push_str(&format!("\\U{n:08x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Machines by ID, for legends. Built from `GET /machines`; a machine that
@@ -767,12 +735,5 @@ mod tests {
         let m = machine("m", "", &[("b", "2"), ("a", "1")]);
         assert_eq!(metadata(&m.metadata), "a=1,b=2");
         assert_eq!(machine_cell("ip", &m, false), "-");
-    }
-
-    #[test]
-    fn go_quoting() {
-        assert_eq!(go_quote("plain"), r#""plain""#);
-        assert_eq!(go_quote("a\"b\\c\nd\te\u{1}"), r#""a\"b\\c\nd\te\x01""#);
-        assert_eq!(go_quote("é"), "\"é\"");
     }
 }

@@ -309,6 +309,18 @@ mod tests {
             .block_on(f)
     }
 
+    /// [`unit_file_for`] on the file at `path`, with an empty registry and
+    /// warnings discarded.
+    fn from_disk(path: &Path) -> anyhow::Result<UnitFile> {
+        let (mut ui, _, _) = capture();
+        block_on(unit_file_for(
+            &Registry::default(),
+            path.to_str().unwrap(),
+            false,
+            &mut ui,
+        ))
+    }
+
     #[test]
     fn names_are_mangled() {
         assert_eq!(unit_name("foo"), "foo.service");
@@ -331,14 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hello.service");
         fs::write(&path, "[Service]\nExecStart=/bin/true\n").unwrap();
-        let (mut ui, _, _) = capture();
-        let file = block_on(unit_file_for(
-            &Registry::default(),
-            path.to_str().unwrap(),
-            false,
-            &mut ui,
-        ))
-        .unwrap();
+        let file = from_disk(&path).unwrap();
         assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/true\n");
     }
 
@@ -347,9 +352,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.service");
         fs::write(&path, "[Service]\nExecStart=/bin/true\ngarbage\n").unwrap();
-        let (mut ui, _, _) = capture();
         let arg = path.to_str().unwrap().to_owned();
-        let err = block_on(unit_file_for(&Registry::default(), &arg, false, &mut ui)).unwrap_err();
+        let err = from_disk(&path).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains(&format!("failed getting Unit({arg}) from file")),
@@ -380,10 +384,8 @@ mod tests {
         ] {
             let path = dir.path().join("bad.service");
             fs::write(&path, text).unwrap();
-            let (mut ui, _, _) = capture();
             let arg = path.to_str().unwrap().to_owned();
-            let err =
-                block_on(unit_file_for(&Registry::default(), &arg, false, &mut ui)).unwrap_err();
+            let err = from_disk(&path).unwrap_err();
             assert_eq!(
                 format!("{err:#}"),
                 format!(
@@ -395,14 +397,7 @@ mod tests {
         // Whitespace around values is trimmed, as the API stores it.
         let path = dir.path().join("spaced.service");
         fs::write(&path, "[Service]\nExecStart= /bin/sleep 1000 \n").unwrap();
-        let (mut ui, _, _) = capture();
-        let file = block_on(unit_file_for(
-            &Registry::default(),
-            path.to_str().unwrap(),
-            false,
-            &mut ui,
-        ))
-        .unwrap();
+        let file = from_disk(&path).unwrap();
         assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/sleep 1000\n");
     }
 
@@ -438,41 +433,21 @@ mod tests {
         )
         .unwrap();
         let arg = dir.path().join("web@1.service");
-        let (mut ui, _, _) = capture();
-        let file = block_on(unit_file_for(
-            &Registry::default(),
-            arg.to_str().unwrap(),
-            false,
-            &mut ui,
-        ))
-        .unwrap();
+        let file = from_disk(&arg).unwrap();
         assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/local\n");
     }
 
     #[test]
     fn missing_units_and_templates_are_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut ui, _, _) = capture();
         let plain = dir.path().join("nope.service");
-        let err = block_on(unit_file_for(
-            &Registry::default(),
-            plain.to_str().unwrap(),
-            false,
-            &mut ui,
-        ))
-        .unwrap_err();
+        let err = from_disk(&plain).unwrap_err();
         assert_eq!(
             err.to_string(),
             "unable to find Unit(nope.service) in Registry or on filesystem"
         );
         let inst = dir.path().join("nope@1.service");
-        let err = block_on(unit_file_for(
-            &Registry::default(),
-            inst.to_str().unwrap(),
-            false,
-            &mut ui,
-        ))
-        .unwrap_err();
+        let err = from_disk(&inst).unwrap_err();
         assert!(
             format!("{err:#}").ends_with(
                 "unable to find template Unit(nope@.service) in Registry or on filesystem"

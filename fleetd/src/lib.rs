@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod errors;
+mod pem;
 pub mod registry;
 pub mod schema;
 

@@ -543,20 +543,7 @@ enum Signal {
 /// `[A-Za-z0-9]` as `_xx`.
 fn unit_name_from_path(path: &str) -> Option<String> {
     let label = path.strip_prefix(UNIT_PATH_PREFIX)?.strip_prefix('/')?;
-    let bytes = label.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'_' {
-            let hex = label.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    units::decode_hex_escapes(label, b'_')
 }
 
 /// Does this `PropertiesChanged` message touch a unit's load, active or sub state?

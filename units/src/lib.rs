@@ -26,7 +26,11 @@
 //!   [`validate_options`] and [`RequirementsError`].
 //! * `glob`: [`glob_match`], a port of Go's `path.Match` used by
 //!   `Conflicts` and `Replaces`.
-//! * `quote` (private): Go's `%q` quoting for error messages.
+//! * `escape`: [`decode_hex_escapes`], for text with `%XX`-style byte
+//!   escapes (URLs, systemd's D-Bus object paths).
+//! * `quote`: [`go_quote`] and [`go_quote_rune`], Go's `%q` quoting, for
+//!   messages (here and in fleetd and fleetctl) that the original formatted
+//!   that way.
 //!
 //! ```
 //! use units::{Requirements, UnitFile, UnitName};
@@ -41,6 +45,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod escape;
 mod file;
 mod glob;
 mod hash;
@@ -49,11 +54,13 @@ mod name;
 mod quote;
 mod xfleet;
 
+pub use escape::decode_hex_escapes;
 pub use file::{LINE_MAX, ParseError, ParseErrorKind, UnitFile, UnitOption};
 pub use glob::glob_match;
 pub use hash::{HashError, UnitHash, array as hash_array};
 pub use line::{OptionProblem, Part};
 pub use name::{NameError, UNIT_NAME_MAX, UnitName, is_agent_suffix, mangle_name};
+pub use quote::{go_quote, go_quote_rune};
 pub use xfleet::{Requirements, RequirementsError, X_FLEET_SECTION, validate_options};
 
 #[cfg(test)]

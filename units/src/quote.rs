@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 
 /// Quotes `s` like Go's `strconv.Quote` (what `%q` does for a string).
-pub(crate) fn go_quote(s: &str) -> String {
+pub fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -25,7 +25,7 @@ pub(crate) fn go_quote(s: &str) -> String {
 }
 
 /// Quotes `c` like Go's `strconv.QuoteRune` (what `%q` does for a rune).
-pub(crate) fn go_quote_rune(c: char) -> String {
+pub fn go_quote_rune(c: char) -> String {
     let mut out = String::with_capacity(3);
     out.push('\'');
     push_escaped(&mut out, c, '\'');
@@ -110,6 +110,12 @@ mod tests {
         assert_eq!(go_quote("\u{a0}\u{feff}"), r#""\u00a0\ufeff""#);
         assert_eq!(go_quote("\u{10ffff}"), r#""\U0010ffff""#);
         assert_eq!(go_quote("it's"), r#""it's""#);
+        // Formerly fleetctl's and the registry client's own copies' cases.
+        assert_eq!(go_quote("foo@.service"), r#""foo@.service""#);
+        assert_eq!(go_quote(r"a\b"), r#""a\\b""#);
+        assert_eq!(go_quote("a\"b\\c\nd\te\u{1}"), r#""a\"b\\c\nd\te\x01""#);
+        assert_eq!(go_quote("a\"b\n\u{1}"), r#""a\"b\n\x01""#);
+        assert_eq!(go_quote("é"), "\"é\"");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `fleetctl destroy UNIT...`: remove units from the cluster.
 
+use std::ops::ControlFlow;
+
 use fleetd::client::{FleetApi, Refusal};
 
 use super::{Budget, Ctx, Exit, wait};
@@ -23,14 +25,10 @@ pub struct Args {
 /// Deletes each unit and, unless `--no-block`, waits until it is gone,
 /// printing `Destroyed <name>`. Units that do not exist are ignored.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    if let Some(exit) = super::require_units(ctx.ui, &args.units) {
-        return Ok(exit);
-    }
-    let units = super::find_units(ctx, &args.units).await?;
-    if units.is_empty() {
-        ctx.ui.warn("Units not found in registry");
-        return Ok(Exit::Success);
-    }
+    let units = match super::known_units(ctx, &args.units).await? {
+        ControlFlow::Break(exit) => return Ok(exit),
+        ControlFlow::Continue(units) => units,
+    };
     let mut exit = Exit::Success;
     for u in &units {
         match ctx.api.destroy_unit(&u.name).await {

@@ -3,7 +3,7 @@
 use fleetd::client::FleetApi;
 
 use super::{Ctx, Exit, remote, status};
-use crate::cli::go_bool;
+use crate::cli::GoFlag as _;
 use crate::units_io;
 
 /// Print the journal of a unit in the cluster to stdout.
@@ -16,22 +16,14 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub lines: u32,
     /// Continuously print new entries as they are appended to the journal.
-    #[arg(
-        long, short = 'f', alias = "f", value_name = "BOOL", num_args = 0..=1,
-        require_equals = true, default_value = "false", default_missing_value = "true",
-        value_parser = go_bool, hide_default_value = true
-    )]
+    #[arg(long, short = 'f', alias = "f", go_flag = false)]
     pub follow: bool,
     /// Output mode. This will be passed unaltered to journalctl on the remote
     /// host, and hence supports the same modes.
     #[arg(long, default_value = "short")]
     pub output: String,
     /// Execute journal command with sudo.
-    #[arg(
-        long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-        default_value = "false", default_missing_value = "true", value_parser = go_bool,
-        hide_default_value = true
-    )]
+    #[arg(long, go_flag = false)]
     pub sudo: bool,
     /// Connect to remote hosts over SSH using this TCP port.
     #[arg(long, default_value_t = 22)]

@@ -39,11 +39,11 @@ use std::ops::ControlFlow;
 use anyhow::{Context, anyhow};
 use fleetd::client::FleetApi;
 use fleetd::schema::{TargetState, Unit};
-use units::UnitName;
+use units::{UnitName, go_quote};
 
 use crate::cli::{BlockArgs, Command, ScheduleArgs};
 use crate::connect::Remote;
-use crate::render::{self, MachineIndex, go_quote};
+use crate::render::{self, MachineIndex};
 use crate::ui::Ui;
 use crate::units_io::{self, LocalMatch};
 
@@ -204,6 +204,25 @@ pub async fn find_units<A: FleetApi>(
                 .map(|u| (*u).clone())
         })
         .collect())
+}
+
+/// How `stop`, `unload` and `destroy` begin: the units of the registry
+/// named by `names` ([`find_units`]). Breaks with exit 0 after `No units
+/// given` when there are no names, or after `Units not found in registry`
+/// when none of them exists, as the original did.
+pub async fn known_units<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    names: &[String],
+) -> anyhow::Result<ControlFlow<Exit, Vec<Unit>>> {
+    if let Some(exit) = require_units(ctx.ui, names) {
+        return Ok(ControlFlow::Break(exit));
+    }
+    let units = find_units(ctx, names).await?;
+    if units.is_empty() {
+        ctx.ui.warn("Units not found in registry");
+        return Ok(ControlFlow::Break(Exit::Success));
+    }
+    Ok(ControlFlow::Continue(units))
 }
 
 /// Sets the desired state of each named unit that is not already there and

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use fleetd::client::FleetApi;
+use units::go_quote;
 
 use super::{Ctx, Exit};
 use crate::connect::Remote;
-use crate::render::go_quote;
 use crate::ssh::{ExitStatus, Session};
 
 /// The file naming this machine.

@@ -1,5 +1,7 @@
 //! `fleetctl stop UNIT...`: stop units, leaving them loaded.
 
+use std::ops::ControlFlow;
+
 use fleetd::client::FleetApi;
 use fleetd::schema::TargetState;
 
@@ -12,14 +14,10 @@ use crate::units_io;
 /// are skipped; unknown names are ignored, and when no name is known it
 /// says so and exits 0, as the original did.
 pub async fn run<A: FleetApi>(args: &UnitsArgs, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    if let Some(exit) = super::require_units(ctx.ui, &args.units) {
-        return Ok(exit);
-    }
-    let units = super::find_units(ctx, &args.units).await?;
-    if units.is_empty() {
-        ctx.ui.warn("Units not found in registry");
-        return Ok(Exit::Success);
-    }
+    let units = match super::known_units(ctx, &args.units).await? {
+        ControlFlow::Break(exit) => return Ok(exit),
+        ControlFlow::Continue(units) => units,
+    };
     let mut stopping = Vec::new();
     for u in &units {
         if !units_io::is_global(u) {

@@ -1,5 +1,7 @@
 //! `fleetctl unload UNIT...`: unschedule units.
 
+use std::ops::ControlFlow;
+
 use fleetd::client::FleetApi;
 use fleetd::schema::TargetState;
 
@@ -11,14 +13,10 @@ use crate::units_io;
 /// already inactive are skipped; unknown names are ignored, and when no
 /// name is known it says so and exits 0, as the original did.
 pub async fn run<A: FleetApi>(args: &UnitsArgs, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    if let Some(exit) = super::require_units(ctx.ui, &args.units) {
-        return Ok(exit);
-    }
-    let units = super::find_units(ctx, &args.units).await?;
-    if units.is_empty() {
-        ctx.ui.warn("Units not found in registry");
-        return Ok(Exit::Success);
-    }
+    let units = match super::known_units(ctx, &args.units).await? {
+        ControlFlow::Break(exit) => return Ok(exit),
+        ControlFlow::Continue(units) => units,
+    };
     let unloading: Vec<_> = units
         .iter()
         .filter(|u| {

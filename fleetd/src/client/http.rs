@@ -51,6 +51,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::{Error, FleetApi, Refusal, Result};
+use crate::pem::PemError;
 use crate::schema::{
     ErrorBody, Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage,
 };
@@ -164,12 +165,24 @@ pub enum BuildError {
     Tls(#[from] TlsError),
 }
 
-/// Reads the PEM file at `path` whole.
-fn read_pem(what: &'static str, path: &Path) -> std::result::Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_owned(),
-        source,
+/// Reads the PEM file at `path` whole. A file without any PEM block holds
+/// no `wanted` (rustls would find none in it either).
+fn read_pem(
+    what: &'static str,
+    wanted: &'static str,
+    path: &Path,
+) -> std::result::Result<Vec<u8>, TlsError> {
+    crate::pem::read_pem(path).map_err(|e| match e {
+        PemError::Read(source) => TlsError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+        PemError::NoPem => TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            wanted,
+        },
     })
 }
 
@@ -178,7 +191,7 @@ fn read_certs(
     what: &'static str,
     path: &Path,
 ) -> std::result::Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(what, path)?;
+    let pem = read_pem(what, "PEM certificate", path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Read {
@@ -229,7 +242,7 @@ pub fn tls_config(opts: &TlsOptions) -> std::result::Result<ClientConfig, TlsErr
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let certs = read_certs("certificate file", cert)?;
-            let pem = read_pem("key file", key)?;
+            let pem = read_pem("key file", "PEM private key", key)?;
             let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
                 rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
                     what: "key file",
@@ -313,7 +326,7 @@ impl Endpoint {
                         ),
                     ));
                 }
-                let path = percent_decode(path).ok_or_else(|| {
+                let path = units::decode_hex_escapes(path, b'%').ok_or_else(|| {
                     InvalidEndpoint::new(endpoint, "bad percent-encoding in path")
                 })?;
                 if path.is_empty() || path == "/" {
@@ -382,24 +395,6 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
         Some(p) => p.parse().ok()?,
     };
     Some((host, port))
-}
-
-/// Decodes `%XX` escapes; `None` if an escape or the result is malformed.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes `s` for use in a URL, keeping the unreserved characters

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use units::{Requirements, UnitFile, UnitName};
+use units::{Requirements, UnitFile, UnitName, go_quote};
 
 use super::{Error, FleetApi, Refusal, Result};
 use crate::registry::{self, Kv, Registry};
@@ -67,32 +67,6 @@ pub enum PutOutcome {
 pub struct RegistryClient<K> {
     /// Where everything is read and written.
     registry: Registry<K>,
-}
-
-/// Quotes `s` as Go's `%q` does for the characters that can occur in the
-/// messages we quote (unit names and request strings): backslash, double
-/// quote and control characters are escaped, everything else is kept.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Whether a stored unit is global. Stored units passed validation when they
@@ -403,14 +377,6 @@ impl<K: Kv> FleetApi for RegistryClient<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_quote_escapes_like_go() {
-        assert_eq!(go_quote("foo@.service"), r#""foo@.service""#);
-        assert_eq!(go_quote(r"a\b"), r#""a\\b""#);
-        assert_eq!(go_quote("a\"b\n\u{1}"), r#""a\"b\n\x01""#);
-        assert_eq!(go_quote("é"), "\"é\"");
-    }
 
     /// The direct-registry client refuses what the API refuses, with the same
     /// codes and messages (fleetctl --driver=etcd).

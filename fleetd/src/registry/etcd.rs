@@ -187,16 +187,11 @@ pub enum ConnectError {
 
 /// Read one PEM file for TLS, naming it in the error.
 fn read_pem(what: &'static str, path: &Path) -> std::result::Result<Vec<u8>, ConnectError> {
-    let tls_error = |reason: String| ConnectError::Tls {
+    crate::pem::read_pem(path).map_err(|e| ConnectError::Tls {
         what,
         path: path.to_path_buf(),
-        reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| tls_error(e.to_string()))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN ") {
-        return Err(tls_error("no PEM data in it".to_owned()));
-    }
-    Ok(pem)
+        reason: e.to_string(),
+    })
 }
 
 /// The TLS configuration the options ask for, if any.

@@ -16,9 +16,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+use units::go_quote;
 
 use super::{MachineId, TargetState, UnitOption};
-use crate::client::registry::go_quote;
 
 /// A request body the API refuses; `Display` is the 400 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
