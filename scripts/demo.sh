@@ -11,6 +11,7 @@
 # State lives in /tmp/fleet-demo. Processes are stopped by the PIDs recorded there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/as-root.sh
 ROOT=$PWD
 
 N=3

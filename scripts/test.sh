@@ -4,6 +4,7 @@
 # systemd machines, end-to-end clusters), then each fuzz target briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/as-root.sh
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
