@@ -24,20 +24,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
 use super::error_chain;
 use crate::registry::{self, Kv, LeaseId, Registry};
+use crate::retry;
 use crate::schema::{MachineId, MachineRecord};
-
-/// Shortest wait before retrying a failed registry call.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-
-/// Longest wait between registration attempts (also capped at the TTL).
-const REGISTER_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Keeps this machine registered. Spawn [`Heart::run`]; take
 /// [`Heart::leases`] and [`Heart::handle`] first.
@@ -129,7 +123,7 @@ impl<K: Kv> Heart<K> {
     /// Grants a lease and registers on it, retrying transient failures with
     /// a capped backoff. `None` when cancelled.
     async fn register(&self, cancel: &CancellationToken) -> anyhow::Result<Option<LeaseId>> {
-        let mut backoff = Backoff::new(RETRY_MIN, REGISTER_RETRY_MAX.min(self.ttl));
+        let mut backoff = retry::heart_register(self.ttl);
         let mut lease = None;
         loop {
             let attempt = async {
@@ -160,9 +154,8 @@ impl<K: Kv> Heart<K> {
             }
             let delay = backoff.next_delay();
             warn!(error = %error_chain(&error), retry_in = ?delay, "machine registration failed");
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(None),
-                () = sleep(delay) => {}
+            if !retry::sleep(delay, cancel).await {
+                return Ok(None);
             }
         }
     }
@@ -171,7 +164,7 @@ impl<K: Kv> Heart<K> {
     /// it is lost or `cancel` fires.
     async fn keep_alive(&self, lease: LeaseId, cancel: &CancellationToken) -> Beat {
         let period = self.ttl / 3;
-        let mut backoff = Backoff::new(RETRY_MIN.min(period), period);
+        let mut backoff = retry::heart_refresh(period);
         let mut next = Instant::now() + period;
         loop {
             tokio::select! {

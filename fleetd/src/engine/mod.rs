@@ -60,13 +60,8 @@ use crate::config::Config;
 use crate::errors::error_chain;
 use crate::registry::cache::{CacheMode, Reflector, Store};
 use crate::registry::{self, Fence, Kv, LeaseId, ParsedKey, Registry, Revision, ScheduleChange};
+use crate::retry;
 use crate::schema::{MachineId, MachineRecord};
-
-/// The shortest back-off after a failed registry call.
-const RETRY_MIN: Duration = Duration::from_millis(500);
-
-/// The longest back-off.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for each of releasing the leader key and
 /// revoking the lease.
@@ -216,29 +211,6 @@ impl Stores {
     }
 }
 
-/// Capped exponential back-off.
-#[derive(Debug)]
-struct Backoff {
-    /// The next delay.
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff { next: RETRY_MIN }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(RETRY_MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = RETRY_MIN;
-    }
-}
-
 impl<K: Kv> Engine<K> {
     /// The engine of `machine` (the ID it writes in the leader key).
     pub fn new(registry: Registry<K>, machine: MachineId, config: EngineConfig) -> Self {
@@ -316,7 +288,7 @@ impl<K: Kv> Engine<K> {
         let mut changes = leader.subscribe();
         let mut tick = tokio::time::interval(self.config.reconcile_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut backoff = Backoff::new();
+        let mut backoff = retry::ENGINE;
         let mut retry_at: Option<Instant> = None;
         let mut last_leader: Option<Arc<MachineId>> = None;
         loop {
@@ -494,7 +466,7 @@ impl<K: Kv> Engine<K> {
         let mut overlay = Overlay::default();
         // The inputs of the last pass that had nothing (left) to do.
         let mut clean: Option<([Revision; 4], usize)> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = retry::ENGINE;
         let mut retry_at: Option<Instant> = None;
         let mut unschedulable: BTreeMap<UnitName, Blocked> = BTreeMap::new();
         let mut passes: u64 = 0;
