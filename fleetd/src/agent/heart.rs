@@ -274,6 +274,17 @@ mod tests {
         r.leases.borrow_and_update().expect("ready implies a lease")
     }
 
+    /// Waits until the heart of `machine` is registered again, on a lease
+    /// other than `old`, and checks that its record is back.
+    async fn registered_again(r: &mut Running, machine: &str, old: LeaseId) {
+        r.leases
+            .wait_for(|l| l.is_some_and(|l| l != old))
+            .await
+            .unwrap();
+        r.ready.wait_for(|&ready| ready).await.unwrap();
+        assert!(r.registry.machine(&id(machine)).await.unwrap().is_some());
+    }
+
     fn id(s: &str) -> MachineId {
         s.parse().expect("valid test machine ID")
     }
@@ -332,12 +343,7 @@ mod tests {
         let lease = registered(&mut r).await;
         registry.revoke_lease(lease).await.unwrap();
         assert!(registry.machine(&id("m1")).await.unwrap().is_none());
-        r.leases
-            .wait_for(|l| l.is_some_and(|l| l != lease))
-            .await
-            .unwrap();
-        r.ready.wait_for(|&ready| ready).await.unwrap();
-        assert!(registry.machine(&id("m1")).await.unwrap().is_some());
+        registered_again(&mut r, "m1", lease).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -349,12 +355,7 @@ mod tests {
         kv.set_unavailable(true);
         tokio::time::sleep(TTL * 2).await;
         kv.set_unavailable(false);
-        r.leases
-            .wait_for(|l| l.is_some_and(|l| l != lease))
-            .await
-            .unwrap();
-        r.ready.wait_for(|&ready| ready).await.unwrap();
-        assert!(registry.machine(&id("m1")).await.unwrap().is_some());
+        registered_again(&mut r, "m1", lease).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -508,21 +508,14 @@ impl<K: Kv> Writer<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::tests::{name, service};
     use crate::registry::MemKv;
     use crate::schema::TargetState;
     use systemd::FakeManager;
-    use units::{UnitFile, UnitOption};
+    use units::UnitFile;
 
     fn file() -> UnitFile {
-        UnitFile::from_options(vec![UnitOption::new(
-            "Service",
-            "ExecStart",
-            "/bin/sleep 1000",
-        )])
-    }
-
-    fn name(s: &str) -> UnitName {
-        s.parse().expect("test unit names are valid")
+        service("/bin/sleep 1000")
     }
 
     async fn published(registry: &Registry<MemKv>, unit: &str) -> Option<UnitStateRecord> {
