@@ -103,7 +103,8 @@ impl EngineConfig {
         }
     }
 
-    /// TTL of the leadership lease: 5 × the interval.
+    /// TTL of the leadership lease: 5 × the interval. This is the only
+    /// place that rule is written.
     pub fn lease_ttl(&self) -> Duration {
         self.reconcile_interval.saturating_mul(5)
     }
