@@ -370,31 +370,13 @@ impl<K: Kv> Engine<K> {
         });
         info!(term = fence.create_revision, "engine leadership acquired");
         let keys = self.registry.keys().clone();
-        let kv = self.registry.kv();
-        let (units_r, units) = Reflector::new(
-            kv.clone(),
-            keys.units_prefix(),
-            view::decode_unit(keys.clone()),
-        );
-        let units_r = units_r.with_mode(self.config.cache);
-        let (schedule_r, schedule) = Reflector::new(
-            kv.clone(),
-            keys.schedule_prefix(),
-            view::decode_entry(keys.clone()),
-        );
-        let schedule_r = schedule_r.with_mode(self.config.cache);
-        let (machines_r, machines) = Reflector::new(
-            kv.clone(),
-            keys.machines_prefix(),
-            view::decode_machine(keys.clone()),
-        );
-        let machines_r = machines_r.with_mode(self.config.cache);
-        let (metadata_r, metadata) = Reflector::new(
-            kv.clone(),
-            keys.metadata_prefix(),
-            view::decode_metadata(keys.clone()),
-        );
-        let metadata_r = metadata_r.with_mode(self.config.cache);
+        let (units_r, units) = self.cache(keys.units_prefix(), view::decode_unit(keys.clone()));
+        let (schedule_r, schedule) =
+            self.cache(keys.schedule_prefix(), view::decode_entry(keys.clone()));
+        let (machines_r, machines) =
+            self.cache(keys.machines_prefix(), view::decode_machine(keys.clone()));
+        let (metadata_r, metadata) =
+            self.cache(keys.metadata_prefix(), view::decode_metadata(keys.clone()));
         let stores = Stores {
             units,
             schedule,
@@ -420,6 +402,16 @@ impl<K: Kv> Engine<K> {
             return Ok(TermEnd::Shutdown);
         }
         end
+    }
+
+    /// A cache of `prefix` kept up in the engine's mode, and its first reader.
+    fn cache<T: Send + Sync + 'static>(
+        &self,
+        prefix: String,
+        decode: impl Fn(&str, &[u8]) -> Option<T> + Send + Sync + 'static,
+    ) -> (Reflector<K, T>, Store<T>) {
+        let (reflector, store) = Reflector::new(self.registry.kv().clone(), prefix, decode);
+        (reflector.with_mode(self.config.cache), store)
     }
 
     /// Keep the engine lease alive and check the leader key every TTL/3;
