@@ -11,6 +11,7 @@ pub mod client;
 pub mod errors;
 mod pem;
 pub mod registry;
+mod retry;
 pub mod schema;
 
 #[cfg(feature = "daemon")]

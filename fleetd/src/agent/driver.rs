@@ -556,17 +556,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::tests::{name, service as file};
     use std::collections::BTreeMap;
     use systemd::{FakeFailure, FakeManager, FakeMethod};
     use units::UnitFile;
-
-    fn name(s: &str) -> UnitName {
-        s.parse().expect("test unit names are valid")
-    }
-
-    fn file(exec: &str) -> UnitFile {
-        UnitFile::from_options(vec![units::UnitOption::new("Service", "ExecStart", exec)])
-    }
 
     fn load(n: &str) -> Task {
         Task::Load {

@@ -24,20 +24,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
 use super::error_chain;
 use crate::registry::{self, Kv, LeaseId, Registry};
+use crate::retry;
 use crate::schema::{MachineId, MachineRecord};
-
-/// Shortest wait before retrying a failed registry call.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-
-/// Longest wait between registration attempts (also capped at the TTL).
-const REGISTER_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Keeps this machine registered. Spawn [`Heart::run`]; take
 /// [`Heart::leases`] and [`Heart::handle`] first.
@@ -129,7 +123,7 @@ impl<K: Kv> Heart<K> {
     /// Grants a lease and registers on it, retrying transient failures with
     /// a capped backoff. `None` when cancelled.
     async fn register(&self, cancel: &CancellationToken) -> anyhow::Result<Option<LeaseId>> {
-        let mut backoff = Backoff::new(RETRY_MIN, REGISTER_RETRY_MAX.min(self.ttl));
+        let mut backoff = retry::heart_register(self.ttl);
         let mut lease = None;
         loop {
             let attempt = async {
@@ -160,9 +154,8 @@ impl<K: Kv> Heart<K> {
             }
             let delay = backoff.next_delay();
             warn!(error = %error_chain(&error), retry_in = ?delay, "machine registration failed");
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(None),
-                () = sleep(delay) => {}
+            if !retry::sleep(delay, cancel).await {
+                return Ok(None);
             }
         }
     }
@@ -171,7 +164,7 @@ impl<K: Kv> Heart<K> {
     /// it is lost or `cancel` fires.
     async fn keep_alive(&self, lease: LeaseId, cancel: &CancellationToken) -> Beat {
         let period = self.ttl / 3;
-        let mut backoff = Backoff::new(RETRY_MIN.min(period), period);
+        let mut backoff = retry::heart_refresh(period);
         let mut next = Instant::now() + period;
         loop {
             tokio::select! {
@@ -281,6 +274,17 @@ mod tests {
         r.leases.borrow_and_update().expect("ready implies a lease")
     }
 
+    /// Waits until the heart of `machine` is registered again, on a lease
+    /// other than `old`, and checks that its record is back.
+    async fn registered_again(r: &mut Running, machine: &str, old: LeaseId) {
+        r.leases
+            .wait_for(|l| l.is_some_and(|l| l != old))
+            .await
+            .unwrap();
+        r.ready.wait_for(|&ready| ready).await.unwrap();
+        assert!(r.registry.machine(&id(machine)).await.unwrap().is_some());
+    }
+
     fn id(s: &str) -> MachineId {
         s.parse().expect("valid test machine ID")
     }
@@ -339,12 +343,7 @@ mod tests {
         let lease = registered(&mut r).await;
         registry.revoke_lease(lease).await.unwrap();
         assert!(registry.machine(&id("m1")).await.unwrap().is_none());
-        r.leases
-            .wait_for(|l| l.is_some_and(|l| l != lease))
-            .await
-            .unwrap();
-        r.ready.wait_for(|&ready| ready).await.unwrap();
-        assert!(registry.machine(&id("m1")).await.unwrap().is_some());
+        registered_again(&mut r, "m1", lease).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -356,12 +355,7 @@ mod tests {
         kv.set_unavailable(true);
         tokio::time::sleep(TTL * 2).await;
         kv.set_unavailable(false);
-        r.leases
-            .wait_for(|l| l.is_some_and(|l| l != lease))
-            .await
-            .unwrap();
-        r.ready.wait_for(|&ready| ready).await.unwrap();
-        assert!(registry.machine(&id("m1")).await.unwrap().is_some());
+        registered_again(&mut r, "m1", lease).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,7 +44,6 @@
 //!   over a channel and are folded into the bookkeeping in one place, stale
 //!   ones dropped.
 
-mod backoff;
 pub mod driver;
 pub mod heart;
 pub mod plan;

@@ -507,15 +507,8 @@ pub fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::tests::{name, service as file};
     use TargetState::{Inactive, Launched, Loaded};
-
-    fn name(s: &str) -> UnitName {
-        s.parse().expect("test unit names are valid")
-    }
-
-    fn file(exec: &str) -> UnitFile {
-        UnitFile::from_options(vec![units::UnitOption::new("Service", "ExecStart", exec)])
-    }
 
     fn hash(exec: &str) -> UnitHash {
         file(exec).hash()

@@ -31,16 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use units::UnitName;
 
-use super::backoff::Backoff;
 use super::error_chain;
 use super::plan::Managed;
 use crate::registry::{self, Kv, LeaseId, Registry};
+use crate::retry;
 use crate::schema::{MachineId, UnitStateRecord};
-
-/// Shortest wait before retrying etcd or systemd.
-const RETRY_MIN: Duration = Duration::from_millis(500);
-/// Longest wait before retrying etcd or systemd.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The publisher's settings.
 #[derive(Clone, Debug)]
@@ -239,7 +234,7 @@ impl<S: SystemdManager> Collector<S> {
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick is immediate; the initial read happens on subscribe.
         resync.tick().await;
-        let mut subscribe_backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut subscribe_backoff = retry::PUBLISHER;
         let mut subscribe_at = Instant::now();
         loop {
             tokio::select! {
@@ -438,7 +433,7 @@ struct Writer<K: Kv> {
 
 impl<K: Kv> Writer<K> {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = retry::PUBLISHER;
         loop {
             let lease = *self.leases.borrow_and_update();
             if lease != self.lease {
@@ -513,21 +508,14 @@ impl<K: Kv> Writer<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::tests::{name, service};
     use crate::registry::MemKv;
     use crate::schema::TargetState;
     use systemd::FakeManager;
-    use units::{UnitFile, UnitOption};
+    use units::UnitFile;
 
     fn file() -> UnitFile {
-        UnitFile::from_options(vec![UnitOption::new(
-            "Service",
-            "ExecStart",
-            "/bin/sleep 1000",
-        )])
-    }
-
-    fn name(s: &str) -> UnitName {
-        s.parse().expect("test unit names are valid")
+        service("/bin/sleep 1000")
     }
 
     async fn published(registry: &Registry<MemKv>, unit: &str) -> Option<UnitStateRecord> {

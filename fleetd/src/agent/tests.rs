@@ -22,8 +22,14 @@ use crate::schema::{
 const TTL: Duration = Duration::from_secs(30);
 const SLEEPER: &str = "/bin/sleep 1000";
 
-fn name(s: &str) -> UnitName {
+/// `s` as a unit name (shared with the unit tests of the agent's files).
+pub(super) fn name(s: &str) -> UnitName {
     s.parse().expect("test unit names are valid")
+}
+
+/// A service running `exec` and nothing else (shared like [`name`]).
+pub(super) fn service(exec: &str) -> UnitFile {
+    UnitFile::from_options(vec![UnitOption::new("Service", "ExecStart", exec)])
 }
 
 fn options(exec: &str) -> Vec<UnitOption> {

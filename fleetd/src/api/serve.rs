@@ -62,6 +62,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::retry;
+
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -114,9 +116,6 @@ impl Default for ServeOptions {
 /// limit is low (see [`connection_cap`]): etcd and D-Bus connections, the
 /// journal, unit files being written, the runtime's own.
 const RESERVED_FDS: u64 = 256;
-
-/// First and longest pause after a failed `accept`.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Where the API is served: a listening unix or TCP socket.
 #[derive(Debug)]
@@ -386,7 +385,7 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
 ) {
     let graceful = conn.graceful.clone();
-    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut backoff = retry::API_ACCEPT;
     loop {
         let permit = tokio::select! {
             () = graceful.cancelled() => return,
@@ -401,17 +400,16 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok(stream) => stream,
                 Err(error) => {
-                    tracing::warn!(listener = %listener.describe(), %error, ?backoff, "accept failed");
-                    tokio::select! {
-                        () = graceful.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    let delay = backoff.next_delay();
+                    tracing::warn!(listener = %listener.describe(), %error, backoff = ?delay, "accept failed");
+                    if !retry::sleep(delay, &graceful).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                     continue;
                 }
             },
         };
-        backoff = ACCEPT_BACKOFF.0;
+        backoff.reset();
         let conn = conn.clone();
         tracker.spawn(async move {
             serve_connection(stream, conn).await;

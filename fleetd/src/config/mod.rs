@@ -41,7 +41,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 mod file;
 mod flags;
@@ -274,11 +273,6 @@ impl Config {
         }
         c.warnings = warnings;
         Ok(c)
-    }
-
-    /// TTL of the engine leadership lease: 5 × `engine_reconcile_interval`.
-    pub fn engine_lease_ttl(&self) -> Duration {
-        self.engine_reconcile_interval.saturating_mul(5)
     }
 }
 

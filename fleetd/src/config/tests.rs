@@ -4,12 +4,19 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::ffi::OsString;
+use std::time::Duration;
 
 use clap::Parser as _;
 
 use super::file::key_lines;
 use super::parse::parse_bool;
 use super::*;
+
+/// The leadership lease TTL the engine derives from `c` (the engine owns
+/// that rule).
+fn engine_lease_ttl(c: &Config) -> Duration {
+    crate::engine::EngineConfig::from_config(c).lease_ttl()
+}
 
 /// The message, which must be the whole story: no `source()` (the
 /// cause is in the message, never both).
@@ -89,7 +96,7 @@ fn defaults_match_the_reference() {
     assert!(c.metadata.is_empty());
     assert_eq!(c.agent_ttl, Duration::from_secs(30));
     assert_eq!(c.engine_reconcile_interval, Duration::from_secs(2));
-    assert_eq!(c.engine_lease_ttl(), Duration::from_secs(10));
+    assert_eq!(engine_lease_ttl(&c), Duration::from_secs(10));
     assert_eq!(c.token_limit, 100);
     assert!(!c.disable_engine && !c.disable_watches && !c.enable_grpc && !c.systemd_user);
     assert_eq!(c.units_directory, PathBuf::from("/run/fleet/units/"));
@@ -146,7 +153,7 @@ fn every_option_from_every_source() {
         }),
         (Opt::EngineReconcileInterval, "0.5", |c| {
             c.engine_reconcile_interval == Duration::from_millis(500)
-                && c.engine_lease_ttl() == Duration::from_millis(2500)
+                && engine_lease_ttl(c) == Duration::from_millis(2500)
         }),
         (Opt::TokenLimit, "25", |c| c.token_limit == 25),
         (Opt::DisableEngine, "true", |c| c.disable_engine),

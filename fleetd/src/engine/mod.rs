@@ -60,13 +60,8 @@ use crate::config::Config;
 use crate::errors::error_chain;
 use crate::registry::cache::{CacheMode, Reflector, Store};
 use crate::registry::{self, Fence, Kv, LeaseId, ParsedKey, Registry, Revision, ScheduleChange};
+use crate::retry;
 use crate::schema::{MachineId, MachineRecord};
-
-/// The shortest back-off after a failed registry call.
-const RETRY_MIN: Duration = Duration::from_millis(500);
-
-/// The longest back-off.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for each of releasing the leader key and
 /// revoking the lease.
@@ -108,7 +103,8 @@ impl EngineConfig {
         }
     }
 
-    /// TTL of the leadership lease: 5 × the interval.
+    /// TTL of the leadership lease: 5 × the interval. This is the only
+    /// place that rule is written.
     pub fn lease_ttl(&self) -> Duration {
         self.reconcile_interval.saturating_mul(5)
     }
@@ -216,29 +212,6 @@ impl Stores {
     }
 }
 
-/// Capped exponential back-off.
-#[derive(Debug)]
-struct Backoff {
-    /// The next delay.
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff { next: RETRY_MIN }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(RETRY_MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = RETRY_MIN;
-    }
-}
-
 impl<K: Kv> Engine<K> {
     /// The engine of `machine` (the ID it writes in the leader key).
     pub fn new(registry: Registry<K>, machine: MachineId, config: EngineConfig) -> Self {
@@ -316,7 +289,7 @@ impl<K: Kv> Engine<K> {
         let mut changes = leader.subscribe();
         let mut tick = tokio::time::interval(self.config.reconcile_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut backoff = Backoff::new();
+        let mut backoff = retry::ENGINE;
         let mut retry_at: Option<Instant> = None;
         let mut last_leader: Option<Arc<MachineId>> = None;
         loop {
@@ -397,31 +370,13 @@ impl<K: Kv> Engine<K> {
         });
         info!(term = fence.create_revision, "engine leadership acquired");
         let keys = self.registry.keys().clone();
-        let kv = self.registry.kv();
-        let (units_r, units) = Reflector::new(
-            kv.clone(),
-            keys.units_prefix(),
-            view::decode_unit(keys.clone()),
-        );
-        let units_r = units_r.with_mode(self.config.cache);
-        let (schedule_r, schedule) = Reflector::new(
-            kv.clone(),
-            keys.schedule_prefix(),
-            view::decode_entry(keys.clone()),
-        );
-        let schedule_r = schedule_r.with_mode(self.config.cache);
-        let (machines_r, machines) = Reflector::new(
-            kv.clone(),
-            keys.machines_prefix(),
-            view::decode_machine(keys.clone()),
-        );
-        let machines_r = machines_r.with_mode(self.config.cache);
-        let (metadata_r, metadata) = Reflector::new(
-            kv.clone(),
-            keys.metadata_prefix(),
-            view::decode_metadata(keys.clone()),
-        );
-        let metadata_r = metadata_r.with_mode(self.config.cache);
+        let (units_r, units) = self.cache(keys.units_prefix(), view::decode_unit(keys.clone()));
+        let (schedule_r, schedule) =
+            self.cache(keys.schedule_prefix(), view::decode_entry(keys.clone()));
+        let (machines_r, machines) =
+            self.cache(keys.machines_prefix(), view::decode_machine(keys.clone()));
+        let (metadata_r, metadata) =
+            self.cache(keys.metadata_prefix(), view::decode_metadata(keys.clone()));
         let stores = Stores {
             units,
             schedule,
@@ -447,6 +402,16 @@ impl<K: Kv> Engine<K> {
             return Ok(TermEnd::Shutdown);
         }
         end
+    }
+
+    /// A cache of `prefix` kept up in the engine's mode, and its first reader.
+    fn cache<T: Send + Sync + 'static>(
+        &self,
+        prefix: String,
+        decode: impl Fn(&str, &[u8]) -> Option<T> + Send + Sync + 'static,
+    ) -> (Reflector<K, T>, Store<T>) {
+        let (reflector, store) = Reflector::new(self.registry.kv().clone(), prefix, decode);
+        (reflector.with_mode(self.config.cache), store)
     }
 
     /// Keep the engine lease alive and check the leader key every TTL/3;
@@ -494,7 +459,7 @@ impl<K: Kv> Engine<K> {
         let mut overlay = Overlay::default();
         // The inputs of the last pass that had nothing (left) to do.
         let mut clean: Option<([Revision; 4], usize)> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = retry::ENGINE;
         let mut retry_at: Option<Instant> = None;
         let mut unschedulable: BTreeMap<UnitName, Blocked> = BTreeMap::new();
         let mut passes: u64 = 0;

@@ -517,15 +517,16 @@ fn ix(i: usize) -> u32 {
     u32::try_from(i).expect("fewer than 2^32 machines and units")
 }
 
+/// Each name's index in the order given.
+fn positions<'v>(names: impl Iterator<Item = &'v str>) -> HashMap<&'v str, u32> {
+    names.enumerate().map(|(i, name)| (name, ix(i))).collect()
+}
+
 impl<'v> Pass<'v> {
     fn new(view: &'v ClusterView) -> Self {
         let machine_ids: Vec<&MachineId> = view.machines.keys().collect();
         let machine_meta = view.machines.values().map(|m| &m.metadata).collect();
-        let machine_ix = machine_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), ix(i)))
-            .collect();
+        let machine_ix = positions(machine_ids.iter().map(|id| id.as_str()));
         let mut by_id_or_short: HashMap<&str, Vec<M>> = HashMap::default();
         for (i, id) in machine_ids.iter().enumerate() {
             by_id_or_short.entry(id.as_str()).or_default().push(ix(i));
@@ -536,11 +537,7 @@ impl<'v> Pass<'v> {
         let unit_names: Vec<&UnitName> = view.units.keys().collect();
         let unit_views: Vec<&UnitView> = view.units.values().collect();
         let templates = unit_names.iter().map(|n| n.is_template()).collect();
-        let unit_ix = unit_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), ix(i)))
-            .collect();
+        let unit_ix = positions(unit_names.iter().map(|n| n.as_str()));
         let mut followers: HashMap<&str, Vec<U>> = HashMap::default();
         for (i, u) in unit_views.iter().enumerate() {
             for peer in &u.requirements.machine_of {

@@ -81,15 +81,10 @@ use super::invalid;
 use super::keys::kind_of;
 use super::kv::{Event, EventKind, KeyValue, Kv};
 use super::{Error, Revision};
+use crate::retry::{self, Backoff};
 
 /// A consistent view of the cache: full key → decoded value.
 pub type Snapshot<T> = Arc<BTreeMap<String, Arc<T>>>;
-
-/// The first back-off after a failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The longest back-off.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A decoder: stored key-value → value, `None` to skip a bad one.
 type DecodeFn<T> = Arc<dyn Fn(&KeyValue) -> Option<T> + Send + Sync>;
@@ -213,10 +208,6 @@ pub struct Reflector<K, T> {
     decode: DecodeFn<T>,
     /// The cache the stores read.
     shared: Arc<Shared<T>>,
-    /// The first back-off after a failure.
-    min_backoff: Duration,
-    /// The longest back-off.
-    max_backoff: Duration,
     /// Watch or poll.
     mode: CacheMode,
 }
@@ -268,8 +259,6 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
             prefix: prefix.into(),
             decode: Arc::new(decode),
             shared: shared.clone(),
-            min_backoff: MIN_BACKOFF,
-            max_backoff: MAX_BACKOFF,
             mode: CacheMode::Watch,
         };
         (reflector, Store { shared })
@@ -301,7 +290,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
         if let CacheMode::Poll(interval) = self.mode {
             return self.poll(interval, cancel).await;
         }
-        let mut backoff = self.min_backoff;
+        let mut backoff = retry::CACHE;
         // The revision up to which the cache is complete; `None`: relist.
         let mut position: Option<Revision> = None;
         loop {
@@ -321,7 +310,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
                         }
                         Err(error) => {
                             warn!(prefix = %self.prefix, %error, "cache cannot list; retrying");
-                            if !self.sleep(&mut backoff, &cancel).await {
+                            if !backoff.wait(&cancel).await {
                                 return;
                             }
                             continue;
@@ -337,7 +326,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
                 WatchEnd::Compacted => position = None,
                 WatchEnd::Failed => {}
             }
-            if !self.sleep(&mut backoff, &cancel).await {
+            if !backoff.wait(&cancel).await {
                 return;
             }
         }
@@ -346,7 +335,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
     /// The polling mode: list every `interval`, swapping only on a change.
     async fn poll(self, interval: Duration, cancel: CancellationToken) {
         let interval = interval.max(Duration::from_millis(1));
-        let mut backoff = self.min_backoff;
+        let mut backoff = retry::CACHE;
         // (key, mod_revision) of the last listing swapped in.
         let mut last: Option<Vec<(String, i64)>> = None;
         loop {
@@ -356,7 +345,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
             };
             let delay = match listed {
                 Ok((kvs, revision)) => {
-                    backoff = self.min_backoff;
+                    backoff.reset();
                     let seen: Vec<(String, i64)> = kvs
                         .iter()
                         .map(|kv| (kv.key.clone(), kv.mod_revision))
@@ -370,14 +359,11 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
                 }
                 Err(error) => {
                     warn!(prefix = %self.prefix, %error, "cache cannot list; retrying");
-                    let delay = backoff.min(interval);
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    delay
+                    backoff.next_delay().min(interval)
                 }
             };
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            if !retry::sleep(delay, &cancel).await {
+                return;
             }
         }
     }
@@ -388,7 +374,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
         &self,
         from: Revision,
         position: &mut Option<Revision>,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         cancel: &CancellationToken,
     ) -> WatchEnd {
         let opened = tokio::select! {
@@ -409,7 +395,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
                     let applied = position.unwrap_or_default();
                     self.apply(events, applied, reached);
                     *position = Some(reached.max(applied));
-                    *backoff = self.min_backoff;
+                    backoff.reset();
                 }
                 Some(Err(error)) => return self.ended(error),
                 None => {
@@ -427,17 +413,6 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
         } else {
             warn!(prefix = %self.prefix, %error, "cache watch failed; resuming");
             WatchEnd::Failed
-        }
-    }
-
-    /// Sleep for the back-off (doubling it for next time); false if
-    /// cancelled meanwhile.
-    async fn sleep(&self, backoff: &mut Duration, cancel: &CancellationToken) -> bool {
-        let delay = *backoff;
-        *backoff = (*backoff * 2).min(self.max_backoff);
-        tokio::select! {
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
         }
     }
 

@@ -79,6 +79,7 @@ use super::kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
 };
 use super::{Cause, Error, Result, Revision, invalid};
+use crate::retry;
 
 /// The largest gRPC message accepted from etcd. One value is at most etcd's
 /// `--max-request-bytes` (1.5 MiB by default; etcd advises against more
@@ -100,14 +101,6 @@ pub const MAX_PAGE: usize = 1000;
 
 /// How often a watch asks for a progress notification.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The pause before the second retry of a failed request; it doubles up
-/// to [`RETRY_MAX_DELAY`]. The first retry is immediate: the balancer picks
-/// an endpoint at random, so it most likely reaches another member.
-const RETRY_DELAY: Duration = Duration::from_millis(10);
-
-/// The longest pause between retries of a failed request.
-const RETRY_MAX_DELAY: Duration = Duration::from_millis(200);
 
 /// HTTP/2 keep-alive ping interval while a stream is open (etcd refuses
 /// pings more often than every 5 s).
@@ -708,7 +701,7 @@ impl EtcdKv {
             Retry::Transient => self.timeout / 2,
             Retry::Unsent => self.timeout,
         };
-        let mut delay = Duration::ZERO;
+        let mut backoff = retry::ETCD_REQUEST;
         loop {
             let until = deadline.min(Instant::now() + attempt_bound);
             let e = match tokio::time::timeout_at(until, attempt()).await {
@@ -731,16 +724,12 @@ impl EtcdKv {
                 Retry::Unsent => never_sent(&e),
                 Retry::Transient => transient(&e),
             };
+            let delay = backoff.next_delay();
             if !again || Instant::now() + delay >= deadline {
                 return Err(map_err(op(), e));
             }
             tracing::debug!(op = %op(), error = %e, "etcd request failed; retrying");
             tokio::time::sleep(delay).await;
-            delay = if delay.is_zero() {
-                RETRY_DELAY
-            } else {
-                (delay * 2).min(RETRY_MAX_DELAY)
-            };
         }
     }
 
