@@ -43,8 +43,16 @@ use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// The terminal type requested for an interactive shell.
+/// The terminal type of a remote PTY (the original's).
 const TERM: &str = "xterm-256color";
+
+/// The terminal modes of a remote PTY, the original's: echo on, 14400
+/// baud both ways.
+const TERMINAL_MODES: &[(russh::Pty, u32)] = &[
+    (russh::Pty::ECHO, 1),
+    (russh::Pty::TTY_OP_ISPEED, 14400),
+    (russh::Pty::TTY_OP_OSPEED, 14400),
+];
 
 /// How long a person may take to answer the host-key prompt.
 const PROMPT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -536,14 +544,25 @@ impl Session {
         Ok(channel.into_stream())
     }
 
-    /// Runs `command` remotely (or, with `None`, an interactive shell on a
-    /// PTY), with this process's stdin, stdout and stderr; returns the remote
-    /// exit status.
+    /// Runs `command` remotely (or, with `None`, an interactive shell), with
+    /// this process's stdin, stdout and stderr; returns the remote exit
+    /// status.
+    ///
+    /// As the original's sessions: whenever stdin is a terminal, for a
+    /// command as for a shell, the remote side gets a PTY
+    /// ([`TERM`], the local terminal's size, [`TERMINAL_MODES`]) and the
+    /// local terminal is in raw mode until the session ends, so `top`,
+    /// editors and password prompts (`journal --sudo`) work. The terminal
+    /// is restored however the session ends: normally, on an error, or on
+    /// SIGTERM, SIGHUP or SIGINT sent to fleetctl (in raw mode Ctrl-C is a
+    /// byte for the remote side, not a signal). A change of the local
+    /// window's size is not passed on, as the original did not. Without a
+    /// terminal on stdin there is no PTY.
     ///
     /// # Errors
     ///
-    /// The channel failing, or the connection closing without an exit
-    /// status.
+    /// The channel failing, the terminal refusing raw mode, a signal, or
+    /// the connection closing without an exit status.
     pub async fn run(&self, command: Option<&str>) -> anyhow::Result<ExitStatus> {
         let mut channel = self
             .handle
@@ -553,20 +572,23 @@ impl Session {
         if self.forward_agent {
             channel.agent_forward(false).await?;
         }
-        let _raw = match command {
-            Some(cmd) => {
-                channel.exec(true, cmd).await?;
-                None
-            }
-            None => {
-                let (cols, rows) = terminal_size();
-                channel
-                    .request_pty(false, TERM, cols, rows, 0, 0, &[])
-                    .await?;
-                channel.request_shell(true).await?;
-                RawMode::enter()
-            }
+        // The signals are caught before the terminal goes raw, so none can
+        // end fleetctl with the terminal left raw.
+        let (mut signals, raw) = if io::stdin().is_terminal() {
+            let signals = RestoringSignals::new().context("cannot catch signals")?;
+            let raw = RawMode::enter().context("cannot put the terminal in raw mode")?;
+            let (cols, rows) = terminal_size();
+            channel
+                .request_pty(false, TERM, cols, rows, 0, 0, TERMINAL_MODES)
+                .await?;
+            (Some(signals), Some(raw))
+        } else {
+            (None, None)
         };
+        match command {
+            Some(cmd) => channel.exec(true, cmd).await?,
+            None => channel.request_shell(true).await?,
+        }
         // stdin → channel, until stdin ends.
         let writer = channel.make_writer();
         let pump = tokio::spawn(async move {
@@ -579,7 +601,16 @@ impl Session {
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
         let mut status = None;
-        while let Some(msg) = channel.wait().await {
+        loop {
+            let msg = tokio::select! {
+                msg = channel.wait() => msg,
+                signal = RestoringSignals::recv(signals.as_mut()) => {
+                    pump.abort();
+                    // Dropping `raw` on the way out restores the terminal.
+                    bail!("ssh: session to {} ended by {signal}", self.addr);
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 ChannelMsg::Data { data } => {
                     stdout.write_all(&data).await?;
@@ -599,6 +630,7 @@ impl Session {
             }
         }
         pump.abort();
+        drop(raw);
         status.map(ExitStatus).ok_or_else(|| {
             anyhow!(
                 "ssh: {} closed the session without an exit status",
@@ -633,30 +665,28 @@ fn handshake_error(err: SshError, addr: &str) -> anyhow::Error {
     }
 }
 
-/// The terminal's size, or 80x24.
+/// The size (columns, rows) of the terminal on stdin, as the original
+/// took it, or 80x24.
 fn terminal_size() -> (u32, u32) {
-    rustix::termios::tcgetwinsize(rustix::stdio::stdout())
+    rustix::termios::tcgetwinsize(rustix::stdio::stdin())
         .map(|w| (u32::from(w.ws_col), u32::from(w.ws_row)))
         .ok()
         .filter(|(c, r)| *c > 0 && *r > 0)
         .unwrap_or((80, 24))
 }
 
-/// The terminal in raw mode for an interactive shell; restored on drop.
+/// The terminal on stdin in raw mode; restored on drop.
 struct RawMode(rustix::termios::Termios);
 
 impl RawMode {
-    /// Raw mode on stdin, when it is a terminal.
-    fn enter() -> Option<RawMode> {
-        if !io::stdin().is_terminal() {
-            return None;
-        }
+    /// Puts the terminal on stdin in raw mode.
+    fn enter() -> io::Result<RawMode> {
         let stdin = rustix::stdio::stdin();
-        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let saved = rustix::termios::tcgetattr(stdin)?;
         let mut raw = saved.clone();
         raw.make_raw();
-        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
-        Some(RawMode(saved))
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw)?;
+        Ok(RawMode(saved))
     }
 }
 
@@ -668,6 +698,41 @@ impl Drop for RawMode {
             rustix::termios::OptionalActions::Now,
             &self.0,
         );
+    }
+}
+
+/// The signals that end a session whose terminal is in raw mode, caught so
+/// that the terminal is restored before fleetctl exits.
+struct RestoringSignals {
+    /// SIGTERM: `kill`, a shutdown.
+    term: tokio::signal::unix::Signal,
+    /// SIGHUP: the terminal went away.
+    hup: tokio::signal::unix::Signal,
+    /// SIGINT: sent by another process (the terminal sends a byte).
+    int: tokio::signal::unix::Signal,
+}
+
+impl RestoringSignals {
+    /// Catches SIGTERM, SIGHUP and SIGINT from now on.
+    fn new() -> io::Result<RestoringSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(RestoringSignals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal caught; never, without signals.
+    async fn recv(signals: Option<&mut RestoringSignals>) -> &'static str {
+        let Some(s) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = s.term.recv() => "SIGTERM",
+            _ = s.hup.recv() => "SIGHUP",
+            _ = s.int.recv() => "SIGINT",
+        }
     }
 }
 
