@@ -33,7 +33,7 @@
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -554,15 +554,14 @@ impl Session {
     /// local terminal is in raw mode until the session ends, so `top`,
     /// editors and password prompts (`journal --sudo`) work. The terminal
     /// is restored however the session ends: normally, on an error, or on
-    /// SIGTERM, SIGHUP or SIGINT sent to fleetctl (in raw mode Ctrl-C is a
-    /// byte for the remote side, not a signal). A change of the local
-    /// window's size is not passed on, as the original did not. Without a
-    /// terminal on stdin there is no PTY.
+    /// SIGTERM, SIGHUP or SIGINT sent to fleetctl ([`watch_signals`]). A
+    /// change of the local window's size is not passed on, as the original
+    /// did not. Without a terminal on stdin there is no PTY.
     ///
     /// # Errors
     ///
-    /// The channel failing, the terminal refusing raw mode, a signal, or
-    /// the connection closing without an exit status.
+    /// The channel failing, the terminal refusing raw mode, or the
+    /// connection closing without an exit status.
     pub async fn run(&self, command: Option<&str>) -> anyhow::Result<ExitStatus> {
         let mut channel = self
             .handle
@@ -572,18 +571,18 @@ impl Session {
         if self.forward_agent {
             channel.agent_forward(false).await?;
         }
-        // The signals are caught before the terminal goes raw, so none can
-        // end fleetctl with the terminal left raw.
-        let (mut signals, raw) = if io::stdin().is_terminal() {
-            let signals = RestoringSignals::new().context("cannot catch signals")?;
+        let raw = if io::stdin().is_terminal() {
+            // Signals are watched before the terminal goes raw, so none can
+            // end fleetctl with the terminal left raw.
+            watch_signals().context("cannot catch signals")?;
             let raw = RawMode::enter().context("cannot put the terminal in raw mode")?;
             let (cols, rows) = terminal_size();
             channel
                 .request_pty(false, TERM, cols, rows, 0, 0, TERMINAL_MODES)
                 .await?;
-            (Some(signals), Some(raw))
+            Some(raw)
         } else {
-            (None, None)
+            None
         };
         match command {
             Some(cmd) => channel.exec(true, cmd).await?,
@@ -601,16 +600,7 @@ impl Session {
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
         let mut status = None;
-        loop {
-            let msg = tokio::select! {
-                msg = channel.wait() => msg,
-                signal = RestoringSignals::recv(signals.as_mut()) => {
-                    pump.abort();
-                    // Dropping `raw` on the way out restores the terminal.
-                    bail!("ssh: session to {} ended by {signal}", self.addr);
-                }
-            };
-            let Some(msg) = msg else { break };
+        while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
                     stdout.write_all(&data).await?;
@@ -675,8 +665,29 @@ fn terminal_size() -> (u32, u32) {
         .unwrap_or((80, 24))
 }
 
+/// The terminal's modes from before a session made it raw, while it is:
+/// for [`watch_signals`] to restore.
+static SAVED_MODES: Mutex<Option<rustix::termios::Termios>> = Mutex::new(None);
+
+/// Sets the terminal on stdin to `modes`; this can only fail if the
+/// terminal is gone, when there is nothing to restore.
+fn set_modes(modes: &rustix::termios::Termios) {
+    let _ = rustix::termios::tcsetattr(
+        rustix::stdio::stdin(),
+        rustix::termios::OptionalActions::Now,
+        modes,
+    );
+}
+
+/// The modes saved by a [`RawMode`]; a poisoned lock still holds them.
+fn saved_modes() -> std::sync::MutexGuard<'static, Option<rustix::termios::Termios>> {
+    SAVED_MODES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The terminal on stdin in raw mode; restored on drop.
-struct RawMode(rustix::termios::Termios);
+struct RawMode;
 
 impl RawMode {
     /// Puts the terminal on stdin in raw mode.
@@ -685,55 +696,53 @@ impl RawMode {
         let saved = rustix::termios::tcgetattr(stdin)?;
         let mut raw = saved.clone();
         raw.make_raw();
+        *saved_modes() = Some(saved);
+        let guard = RawMode;
+        // On an error the guard puts back what may have been changed.
         rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw)?;
-        Ok(RawMode(saved))
+        Ok(guard)
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // Restoring can only fail if the terminal is gone.
-        let _ = rustix::termios::tcsetattr(
-            rustix::stdio::stdin(),
-            rustix::termios::OptionalActions::Now,
-            &self.0,
-        );
-    }
-}
-
-/// The signals that end a session whose terminal is in raw mode, caught so
-/// that the terminal is restored before fleetctl exits.
-struct RestoringSignals {
-    /// SIGTERM: `kill`, a shutdown.
-    term: tokio::signal::unix::Signal,
-    /// SIGHUP: the terminal went away.
-    hup: tokio::signal::unix::Signal,
-    /// SIGINT: sent by another process (the terminal sends a byte).
-    int: tokio::signal::unix::Signal,
-}
-
-impl RestoringSignals {
-    /// Catches SIGTERM, SIGHUP and SIGINT from now on.
-    fn new() -> io::Result<RestoringSignals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(RestoringSignals {
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// The name of the next signal caught; never, without signals.
-    async fn recv(signals: Option<&mut RestoringSignals>) -> &'static str {
-        let Some(s) = signals else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = s.term.recv() => "SIGTERM",
-            _ = s.hup.recv() => "SIGHUP",
-            _ = s.int.recv() => "SIGINT",
+        if let Some(modes) = saved_modes().take() {
+            set_modes(&modes);
         }
     }
+}
+
+/// From the first session on a terminal to the end of the process, turns
+/// SIGTERM, SIGHUP and SIGINT into an exit with the shell's status for the
+/// signal (143, 129, 130), restoring the terminal first if a session has it
+/// raw. Outside a session that is what the signal would have done anyway;
+/// in one, it keeps the terminal from being left raw. (In raw mode Ctrl-C
+/// is a byte for the remote side, so SIGINT comes only from `kill`.)
+fn watch_signals() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    static WATCHING: Mutex<bool> = Mutex::new(false);
+    let mut watching = WATCHING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *watching {
+        return Ok(());
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = term.recv() => 143,
+            _ = hup.recv() => 129,
+            _ = int.recv() => 130,
+        };
+        if let Some(modes) = saved_modes().take() {
+            set_modes(&modes);
+        }
+        std::process::exit(code);
+    });
+    *watching = true;
+    Ok(())
 }
 
 #[cfg(test)]
