@@ -137,12 +137,17 @@ pub enum ArgsError {
     /// A flag error, or the help or version clap prints as an error.
     #[error(transparent)]
     Clap(#[from] clap::Error),
-    /// A `FLEETCTL_*` variable with a value its flag does not take.
-    #[error("{var}: {reason}")]
+    /// A `FLEETCTL_*` variable with a value its flag does not take (worded
+    /// as fleetd words a bad `FLEET_*` variable).
+    #[error("invalid value {value:?} for --{flag} in environment variable {var}: {reason}")]
     Env {
         /// The variable.
         var: String,
-        /// What is wrong with its value.
+        /// The flag it stands for, as the original spelt it.
+        flag: &'static str,
+        /// Its value.
+        value: OsString,
+        /// What is wrong with the value.
         reason: String,
     },
 }
@@ -212,10 +217,14 @@ pub fn parse(args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> Resul
             let Some(value) = env(&flag.var()).filter(|v| !v.is_empty()) else {
                 continue;
             };
-            check_env_value(flag.kind, &value).map_err(|reason| ArgsError::Env {
-                var: flag.var(),
-                reason,
-            })?;
+            if let Err(reason) = check_env_value(flag.kind, &value) {
+                return Err(ArgsError::Env {
+                    var: flag.var(),
+                    flag: flag.flag,
+                    value,
+                    reason,
+                });
+            }
             from_env.retain(|(f, _)| f.id != flag.id);
             from_env.push((flag, value));
         }
@@ -706,12 +715,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\""
+            "invalid value \"yes\" for --strict-host-key-checking in environment variable \
+             FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\""
         );
         let err = parse_env(&[("FLEETCTL_SSH_TIMEOUT", "soon")], &["version"]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "FLEETCTL_SSH_TIMEOUT: invalid number of seconds \"soon\""
+            "invalid value \"soon\" for --ssh-timeout in environment variable \
+             FLEETCTL_SSH_TIMEOUT: invalid number of seconds \"soon\""
         );
         // A bad variable whose flag is given does not matter.
         assert!(parse_env(&[("FLEETCTL_DEBUG", "maybe")], &["--debug", "version"]).is_ok());

@@ -800,7 +800,8 @@ async fn bad_variables_are_named() {
         (
             2,
             "",
-            "error: FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\"\n"
+            "error: invalid value \"yes\" for --strict-host-key-checking in environment \
+             variable FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\"\n"
         ),
         "{r:?}"
     );
