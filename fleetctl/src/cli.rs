@@ -3,8 +3,10 @@
 //!
 //! Compatibility with the original (Go, cobra/pflag):
 //! - Every global flag falls back to `FLEETCTL_<FLAG>` (upper case, `-` →
-//!   `_`) when it is not on the command line; an empty variable counts as
-//!   unset. Global flags may come before or after the command.
+//!   `_`) when it is not on the command line, deprecated spellings too
+//!   (`FLEETCTL_ETCD_CAFILE` sets `--ca-file`); an empty variable counts as
+//!   unset ([`parse`], [`ENV_FLAGS`]). Global flags may come before or
+//!   after the command.
 //! - Boolean flags take Go's forms: `--debug`, `--debug=true`,
 //!   `--strict-host-key-checking=false` (and `1`, `t`, `F`, `FALSE`, ...).
 //! - The one-letter long flags `--l` and `--h` exist; `-l` and `-h` work too
@@ -13,7 +15,10 @@
 //! - Deliberate difference: a flag error exits 2 with clap's message; the
 //!   original printed the usage and exited 0.
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use std::ffi::{OsStr, OsString};
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cmd;
 
@@ -55,6 +60,193 @@ pub struct Cli {
     /// The command; none prints the help.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How a `FLEETCTL_*` value is checked before it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvKind {
+    /// Any text (paths, URLs, names).
+    Text,
+    /// A Go boolean ([`go_bool`]).
+    Bool,
+    /// Seconds ([`seconds`]).
+    Seconds,
+    /// A Go boolean that, when true, asks for the help.
+    Help,
+}
+
+/// A global flag that `FLEETCTL_<FLAG>` may set.
+#[derive(Debug)]
+pub struct EnvFlag {
+    /// The flag's name, as the original spelt it (`etcd-cafile`).
+    pub flag: &'static str,
+    /// The argument it sets (its clap id, a field of [`GlobalArgs`]).
+    id: &'static str,
+    /// How its value is checked.
+    kind: EnvKind,
+}
+
+impl EnvFlag {
+    /// `FLEETCTL_` and the flag's name in upper case, `-` → `_`, as the
+    /// original derived it.
+    pub fn var(&self) -> String {
+        format!("FLEETCTL_{}", self.flag.to_uppercase().replace('-', "_"))
+    }
+}
+
+/// Every global flag with its variable, sorted by flag name: the original
+/// visited its flags in that order and let a later one win, so of two
+/// variables for one flag `FLEETCTL_ETCD_CAFILE` beats `FLEETCTL_CA_FILE`,
+/// `FLEETCTL_ETCD_CERTFILE` beats `FLEETCTL_CERT_FILE`, and
+/// `FLEETCTL_KEY_FILE` beats `FLEETCTL_ETCD_KEYFILE`.
+pub const ENV_FLAGS: &[EnvFlag] = &[
+    env_flag("ca-file", "ca_file", EnvKind::Text),
+    env_flag("cert-file", "cert_file", EnvKind::Text),
+    env_flag("debug", "debug", EnvKind::Bool),
+    env_flag("driver", "driver", EnvKind::Text),
+    env_flag("endpoint", "endpoint", EnvKind::Text),
+    env_flag("etcd-cafile", "ca_file", EnvKind::Text),
+    env_flag("etcd-certfile", "cert_file", EnvKind::Text),
+    env_flag("etcd-key-prefix", "etcd_key_prefix", EnvKind::Text),
+    env_flag("etcd-keyfile", "key_file", EnvKind::Text),
+    env_flag("experimental-api", "experimental_api", EnvKind::Bool),
+    env_flag("h", "help", EnvKind::Help),
+    env_flag("help", "help", EnvKind::Help),
+    env_flag("key-file", "key_file", EnvKind::Text),
+    env_flag("known-hosts-file", "known_hosts_file", EnvKind::Text),
+    env_flag("remote-fleetctl", "remote_fleetctl", EnvKind::Text),
+    env_flag("request-timeout", "request_timeout", EnvKind::Seconds),
+    env_flag("ssh-timeout", "ssh_timeout", EnvKind::Seconds),
+    env_flag("ssh-username", "ssh_username", EnvKind::Text),
+    env_flag(
+        "strict-host-key-checking",
+        "strict_host_key_checking",
+        EnvKind::Bool,
+    ),
+    env_flag("tunnel", "tunnel", EnvKind::Text),
+    env_flag("version", "version", EnvKind::Bool),
+];
+
+const fn env_flag(flag: &'static str, id: &'static str, kind: EnvKind) -> EnvFlag {
+    EnvFlag { flag, id, kind }
+}
+
+/// Why the command line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A flag error, or the help or version clap prints as an error.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// A `FLEETCTL_*` variable with a value its flag does not take (worded
+    /// as fleetd words a bad `FLEET_*` variable).
+    #[error("invalid value {value:?} for --{flag} in environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// The flag it stands for, as the original spelt it.
+        flag: &'static str,
+        /// Its value.
+        value: OsString,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+/// fleetctl's command line, its global flags' help naming their
+/// `FLEETCTL_*` variables.
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        let vars: Vec<String> = ENV_FLAGS
+            .iter()
+            .filter(|f| f.id == arg.get_id().as_str() && f.kind != EnvKind::Help)
+            .map(EnvFlag::var)
+            .collect();
+        if vars.is_empty() {
+            return arg;
+        }
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [env: {}]", vars.join(", ")))
+    })
+}
+
+/// Whether the argument `id` was given on the command line, before or
+/// after the command.
+fn on_command_line(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
+        || matches
+            .subcommand()
+            .is_some_and(|(_, sub)| on_command_line(sub, id))
+}
+
+/// Checks a variable's value for its flag; the error names what is wrong.
+fn check_env_value(kind: EnvKind, value: &OsStr) -> Result<(), String> {
+    if kind == EnvKind::Text {
+        return Ok(());
+    }
+    let text = value
+        .to_str()
+        .ok_or_else(|| format!("invalid value {value:?}"))?;
+    match kind {
+        EnvKind::Text => Ok(()),
+        EnvKind::Bool | EnvKind::Help => go_bool(text).map(drop),
+        EnvKind::Seconds => seconds(text).map(drop),
+    }
+}
+
+/// Parses `args` (the program name first), taking each global flag that is
+/// not on the command line from its `FLEETCTL_*` variable (read through
+/// `env`) when that is set and not empty.
+///
+/// The variables' values are given to clap as flags ahead of `args`, so
+/// they are read exactly as flags are. `FLEETCTL_HELP` (or `FLEETCTL_H`)
+/// true prints the general help.
+///
+/// # Errors
+///
+/// A flag error (or the help), or a variable whose value its flag does not
+/// take. The original ignored such a value and left the flag at its zero
+/// value: a mistyped `FLEETCTL_STRICT_HOST_KEY_CHECKING=yes` turned host
+/// key checking off. We refuse it, naming the variable.
+pub fn parse(args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> Result<Cli, ArgsError> {
+    let matches = command().try_get_matches_from(args)?;
+    // The value of each argument to take from the environment (a later
+    // variable for the same argument wins, as in the original).
+    let mut from_env: Vec<(&EnvFlag, OsString)> = Vec::new();
+    for flag in ENV_FLAGS {
+        if flag.kind == EnvKind::Help || !on_command_line(&matches, flag.id) {
+            let Some(value) = env(&flag.var()).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if let Err(reason) = check_env_value(flag.kind, &value) {
+                return Err(ArgsError::Env {
+                    var: flag.var(),
+                    flag: flag.flag,
+                    value,
+                    reason,
+                });
+            }
+            from_env.retain(|(f, _)| f.id != flag.id);
+            from_env.push((flag, value));
+        }
+    }
+    if from_env.is_empty() {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    }
+    let mut with_env: Vec<OsString> = args.iter().take(1).cloned().collect();
+    for (flag, value) in from_env {
+        if flag.kind == EnvKind::Help {
+            if value.to_str().and_then(|v| go_bool(v).ok()) == Some(true) {
+                with_env.push("--help".into());
+            }
+            continue;
+        }
+        let mut arg = OsString::from(format!("--{}=", flag.id.replace('_', "-")));
+        arg.push(value);
+        with_env.push(arg);
+    }
+    with_env.extend(args.iter().skip(1).cloned());
+    let matches = command().try_get_matches_from(with_env)?;
+    Ok(Cli::from_arg_matches(&matches)?)
 }
 
 /// Parses a Go boolean (`strconv.ParseBool`): `1 t T TRUE true True` and
@@ -105,52 +297,36 @@ pub fn seconds(s: &str) -> Result<f64, String> {
 pub struct GlobalArgs {
     /// Location of the fleet API if --driver=API. Alternatively, if
     /// --driver=etcd, location of the etcd API.
-    #[arg(long, global = true, env = "FLEETCTL_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
+    #[arg(long, global = true, default_value = DEFAULT_ENDPOINT, value_name = "URL")]
     pub endpoint: String,
 
     /// Adapter used to execute fleetctl commands. Options include "API" and
     /// "etcd".
-    #[arg(long, global = true, env = "FLEETCTL_DRIVER", default_value = "API")]
+    #[arg(long, global = true, default_value = "API")]
     pub driver: String,
 
     /// Establish an SSH tunnel through the provided address for
     /// communication with fleet and etcd.
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_TUNNEL",
-        default_value = "",
-        hide_default_value = true
-    )]
+    #[arg(long, global = true, default_value = "", hide_default_value = true)]
     pub tunnel: String,
 
     /// Username to use when connecting to CoreOS instance.
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_SSH_USERNAME",
-        default_value = "core"
-    )]
+    #[arg(long, global = true, default_value = "core")]
     pub ssh_username: String,
 
     /// Amount of time in seconds to allow for SSH connection initialization
     /// before failing.
-    #[arg(long, global = true, env = "FLEETCTL_SSH_TIMEOUT", default_value = "10.0", value_parser = seconds)]
+    #[arg(long, global = true, default_value = "10.0", value_parser = seconds)]
     pub ssh_timeout: f64,
 
     /// Amount of time in seconds to allow a single request before
     /// considering it failed (0: no limit).
-    #[arg(long, global = true, env = "FLEETCTL_REQUEST_TIMEOUT", default_value = "3.0", value_parser = seconds)]
+    #[arg(long, global = true, default_value = "3.0", value_parser = seconds)]
     pub request_timeout: f64,
 
     /// Verify host keys presented by remote machines before initiating SSH
     /// connections.
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_STRICT_HOST_KEY_CHECKING",
-        go_flag = true
-    )]
+    #[arg(long, global = true, go_flag = true)]
     pub strict_host_key_checking: bool,
 
     /// File used to store remote machine fingerprints. Ignored if strict
@@ -158,19 +334,13 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        env = "FLEETCTL_KNOWN_HOSTS_FILE",
         default_value = "~/.fleetctl/known_hosts",
         value_name = "FILE"
     )]
     pub known_hosts_file: String,
 
     /// Keyspace for fleet data in etcd (development use only!)
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_ETCD_KEY_PREFIX",
-        default_value = "/_coreos.com/fleet/"
-    )]
+    #[arg(long, global = true, default_value = "/_coreos.com/fleet/")]
     pub etcd_key_prefix: String,
 
     /// Location of TLS CA file used to secure communication with the fleet
@@ -178,7 +348,6 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        env = "FLEETCTL_CA_FILE",
         default_value = "",
         hide_default_value = true,
         alias = "etcd-cafile",
@@ -191,7 +360,6 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        env = "FLEETCTL_CERT_FILE",
         default_value = "",
         hide_default_value = true,
         alias = "etcd-certfile",
@@ -204,7 +372,6 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        env = "FLEETCTL_KEY_FILE",
         default_value = "",
         hide_default_value = true,
         alias = "etcd-keyfile",
@@ -213,32 +380,20 @@ pub struct GlobalArgs {
     pub key_file: String,
 
     /// DEPRECATED: do not use this flag.
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_EXPERIMENTAL_API",
-        hide = true,
-        go_flag = true
-    )]
+    #[arg(long, global = true, hide = true, go_flag = true)]
     pub experimental_api: bool,
 
     /// Print out more debug information to stderr.
-    #[arg(long, global = true, env = "FLEETCTL_DEBUG", go_flag = false)]
+    #[arg(long, global = true, go_flag = false)]
     pub debug: bool,
 
     /// Print the version and exit.
-    #[arg(long, global = true, env = "FLEETCTL_VERSION", go_flag = false)]
+    #[arg(long, global = true, go_flag = false)]
     pub version: bool,
 
     /// The fleetctl to run on the --tunnel host for `fd-forward` (it must
     /// be on that host's PATH under this name, or be a full path).
-    #[arg(
-        long,
-        global = true,
-        env = "FLEETCTL_REMOTE_FLEETCTL",
-        default_value = "fleetctl",
-        hide = true
-    )]
+    #[arg(long, global = true, default_value = "fleetctl", hide = true)]
     pub remote_fleetctl: String,
 
     /// Print usage information and exit.
@@ -388,8 +543,203 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    // These tests read FLEETCTL_* defaults; none of them sets the
-    // environment, and the test process is not run with those variables.
+    // `parse` above ignores the environment (clap reads no variable);
+    // `parse_env` below gives its own.
+
+    fn parse_env(env: &[(&str, &str)], args: &[&str]) -> Result<Cli, ArgsError> {
+        let args: Vec<OsString> = std::iter::once("fleetctl")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        super::parse(&args, |var| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn every_global_flag_has_its_variable() {
+        let cmd = command();
+        for arg in cmd.get_arguments().filter(|a| a.is_global_set()) {
+            let id = arg.get_id().as_str();
+            assert!(ENV_FLAGS.iter().any(|f| f.id == id), "{id} has no variable");
+        }
+        for flag in ENV_FLAGS {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_id() == flag.id),
+                "{flag:?} sets no argument"
+            );
+        }
+        let names: Vec<&str> = ENV_FLAGS.iter().map(|f| f.flag).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "the original's order");
+        let var = |flag: &str| ENV_FLAGS.iter().find(|f| f.flag == flag).map(EnvFlag::var);
+        assert_eq!(var("ca-file").as_deref(), Some("FLEETCTL_CA_FILE"));
+        assert_eq!(var("etcd-cafile").as_deref(), Some("FLEETCTL_ETCD_CAFILE"));
+        assert_eq!(
+            var("strict-host-key-checking").as_deref(),
+            Some("FLEETCTL_STRICT_HOST_KEY_CHECKING")
+        );
+        let help = command().render_help().to_string();
+        assert!(
+            help.contains("[env: FLEETCTL_CA_FILE, FLEETCTL_ETCD_CAFILE]"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn variables_fill_in_flags_not_given() {
+        let env = [
+            ("FLEETCTL_ENDPOINT", "http://env:1"),
+            ("FLEETCTL_DRIVER", "etcd"),
+            ("FLEETCTL_TUNNEL", "bastion"),
+            ("FLEETCTL_SSH_USERNAME", "admin"),
+            ("FLEETCTL_SSH_TIMEOUT", "2.5"),
+            ("FLEETCTL_REQUEST_TIMEOUT", "0"),
+            ("FLEETCTL_STRICT_HOST_KEY_CHECKING", "F"),
+            ("FLEETCTL_KNOWN_HOSTS_FILE", "/kh"),
+            ("FLEETCTL_ETCD_KEY_PREFIX", "/p/"),
+            ("FLEETCTL_EXPERIMENTAL_API", "0"),
+            ("FLEETCTL_DEBUG", "TRUE"),
+            ("FLEETCTL_REMOTE_FLEETCTL", "/opt/fleetctl"),
+            ("FLEETCTL_ETCD_CAFILE", "/ca"),
+            ("FLEETCTL_ETCD_CERTFILE", "/c"),
+            ("FLEETCTL_ETCD_KEYFILE", "/k"),
+        ];
+        let g = parse_env(&env, &["list-units"]).unwrap().global;
+        assert_eq!(
+            (g.endpoint.as_str(), g.driver.as_str(), g.tunnel.as_str()),
+            ("http://env:1", "etcd", "bastion")
+        );
+        assert_eq!(g.ssh_username, "admin");
+        assert!((g.ssh_timeout - 2.5).abs() < f64::EPSILON);
+        assert!(g.request_timeout.abs() < f64::EPSILON);
+        assert!(!g.strict_host_key_checking && !g.experimental_api && g.debug);
+        assert_eq!(
+            (g.known_hosts_file.as_str(), g.etcd_key_prefix.as_str()),
+            ("/kh", "/p/")
+        );
+        assert_eq!(g.remote_fleetctl, "/opt/fleetctl");
+        assert_eq!(
+            (
+                g.ca_file.as_str(),
+                g.cert_file.as_str(),
+                g.key_file.as_str()
+            ),
+            ("/ca", "/c", "/k")
+        );
+        let cli = parse_env(&[("FLEETCTL_VERSION", "t")], &["list-units"]).unwrap();
+        assert!(cli.global.version);
+    }
+
+    #[test]
+    fn flags_beat_variables() {
+        let env = [
+            ("FLEETCTL_ENDPOINT", "http://env:1"),
+            ("FLEETCTL_DEBUG", "true"),
+            ("FLEETCTL_CA_FILE", "/env-ca"),
+            ("FLEETCTL_ETCD_KEYFILE", "/env-key"),
+        ];
+        for args in [
+            &["--endpoint=http://flag:2", "--debug=false", "list-units"][..],
+            &["list-units", "--endpoint", "http://flag:2", "--debug=f"],
+        ] {
+            let g = parse_env(&env, args).unwrap().global;
+            assert_eq!(g.endpoint, "http://flag:2", "{args:?}");
+            assert!(!g.debug, "{args:?}");
+            assert_eq!(g.ca_file, "/env-ca", "{args:?}");
+        }
+        // Either spelling of a flag beats both variables of it.
+        let g = parse_env(
+            &env,
+            &["--etcd-cafile=/flag-ca", "--key-file=/k", "version"],
+        )
+        .unwrap()
+        .global;
+        assert_eq!(
+            (g.ca_file.as_str(), g.key_file.as_str()),
+            ("/flag-ca", "/k")
+        );
+    }
+
+    #[test]
+    fn two_variables_for_one_flag_as_the_original() {
+        let env = [
+            ("FLEETCTL_CA_FILE", "/ca"),
+            ("FLEETCTL_ETCD_CAFILE", "/etcd-ca"),
+            ("FLEETCTL_CERT_FILE", "/cert"),
+            ("FLEETCTL_ETCD_CERTFILE", "/etcd-cert"),
+            ("FLEETCTL_KEY_FILE", "/key"),
+            ("FLEETCTL_ETCD_KEYFILE", "/etcd-key"),
+        ];
+        let g = parse_env(&env, &["version"]).unwrap().global;
+        assert_eq!(
+            (
+                g.ca_file.as_str(),
+                g.cert_file.as_str(),
+                g.key_file.as_str()
+            ),
+            ("/etcd-ca", "/etcd-cert", "/key")
+        );
+        let g = parse_env(&env[..1], &["version"]).unwrap().global;
+        assert_eq!(g.ca_file, "/ca");
+    }
+
+    #[test]
+    fn empty_and_bad_variables() {
+        let g = parse_env(
+            &[("FLEETCTL_ENDPOINT", ""), ("FLEETCTL_DEBUG", "")],
+            &["list-units"],
+        )
+        .unwrap()
+        .global;
+        assert_eq!(g.endpoint, DEFAULT_ENDPOINT);
+        assert!(!g.debug);
+        for value in ["1", "t", "T", "TRUE", "true", "True"] {
+            let g = parse_env(&[("FLEETCTL_DEBUG", value)], &["version"]).unwrap();
+            assert!(g.global.debug, "{value}");
+        }
+        for value in ["0", "f", "F", "FALSE", "false", "False"] {
+            let g = parse_env(
+                &[("FLEETCTL_STRICT_HOST_KEY_CHECKING", value)],
+                &["version"],
+            );
+            assert!(!g.unwrap().global.strict_host_key_checking, "{value}");
+        }
+        let err = parse_env(
+            &[("FLEETCTL_STRICT_HOST_KEY_CHECKING", "yes")],
+            &["version"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"yes\" for --strict-host-key-checking in environment variable \
+             FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\""
+        );
+        let err = parse_env(&[("FLEETCTL_SSH_TIMEOUT", "soon")], &["version"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"soon\" for --ssh-timeout in environment variable \
+             FLEETCTL_SSH_TIMEOUT: invalid number of seconds \"soon\""
+        );
+        // A bad variable whose flag is given does not matter.
+        assert!(parse_env(&[("FLEETCTL_DEBUG", "maybe")], &["--debug", "version"]).is_ok());
+    }
+
+    #[test]
+    fn help_from_the_environment() {
+        for var in ["FLEETCTL_HELP", "FLEETCTL_H"] {
+            match parse_env(&[(var, "true")], &["list-units"]) {
+                Err(ArgsError::Clap(e)) => {
+                    assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{var}");
+                }
+                other => panic!("{var}: {other:?}"),
+            }
+            assert!(parse_env(&[(var, "false")], &["list-units"]).is_ok());
+        }
+    }
 
     #[test]
     fn defaults() {

@@ -29,7 +29,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 use crate::cmd::Exit;
@@ -42,9 +41,13 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "-v") {
         args[1] = "version".into();
     }
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match cli::parse(&args, |var| std::env::var_os(var)) {
         Ok(cli) => cli,
-        Err(err) => return usage_error(&err),
+        Err(cli::ArgsError::Clap(err)) => return usage_error(&err),
+        Err(err @ cli::ArgsError::Env { .. }) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
     };
     init_logging(cli.global.debug);
     let mut ui = Ui::stdio();
@@ -64,7 +67,7 @@ fn run(cli: Cli, ui: &mut Ui) -> anyhow::Result<Exit> {
         _ if cli.global.version => Command::Version,
         Some(command) => command,
         None => {
-            ui.print(&Cli::command().render_help().to_string())?;
+            ui.print(&cli::command().render_help().to_string())?;
             return Ok(Exit::Success);
         }
     };

@@ -33,7 +33,7 @@
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -43,8 +43,16 @@ use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// The terminal type requested for an interactive shell.
+/// The terminal type of a remote PTY (the original's).
 const TERM: &str = "xterm-256color";
+
+/// The terminal modes of a remote PTY, the original's: echo on, 14400
+/// baud both ways.
+const TERMINAL_MODES: &[(russh::Pty, u32)] = &[
+    (russh::Pty::ECHO, 1),
+    (russh::Pty::TTY_OP_ISPEED, 14400),
+    (russh::Pty::TTY_OP_OSPEED, 14400),
+];
 
 /// How long a person may take to answer the host-key prompt.
 const PROMPT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -536,14 +544,24 @@ impl Session {
         Ok(channel.into_stream())
     }
 
-    /// Runs `command` remotely (or, with `None`, an interactive shell on a
-    /// PTY), with this process's stdin, stdout and stderr; returns the remote
-    /// exit status.
+    /// Runs `command` remotely (or, with `None`, an interactive shell), with
+    /// this process's stdin, stdout and stderr; returns the remote exit
+    /// status.
+    ///
+    /// As the original's sessions: whenever stdin is a terminal, for a
+    /// command as for a shell, the remote side gets a PTY
+    /// ([`TERM`], the local terminal's size, [`TERMINAL_MODES`]) and the
+    /// local terminal is in raw mode until the session ends, so `top`,
+    /// editors and password prompts (`journal --sudo`) work. The terminal
+    /// is restored however the session ends: normally, on an error, or on
+    /// SIGTERM, SIGHUP or SIGINT sent to fleetctl ([`watch_signals`]). A
+    /// change of the local window's size is not passed on, as the original
+    /// did not. Without a terminal on stdin there is no PTY.
     ///
     /// # Errors
     ///
-    /// The channel failing, or the connection closing without an exit
-    /// status.
+    /// The channel failing, the terminal refusing raw mode, or the
+    /// connection closing without an exit status.
     pub async fn run(&self, command: Option<&str>) -> anyhow::Result<ExitStatus> {
         let mut channel = self
             .handle
@@ -553,20 +571,23 @@ impl Session {
         if self.forward_agent {
             channel.agent_forward(false).await?;
         }
-        let _raw = match command {
-            Some(cmd) => {
-                channel.exec(true, cmd).await?;
-                None
-            }
-            None => {
-                let (cols, rows) = terminal_size();
-                channel
-                    .request_pty(false, TERM, cols, rows, 0, 0, &[])
-                    .await?;
-                channel.request_shell(true).await?;
-                RawMode::enter()
-            }
+        let raw = if io::stdin().is_terminal() {
+            // Signals are watched before the terminal goes raw, so none can
+            // end fleetctl with the terminal left raw.
+            watch_signals().context("cannot catch signals")?;
+            let raw = RawMode::enter().context("cannot put the terminal in raw mode")?;
+            let (cols, rows) = terminal_size();
+            channel
+                .request_pty(false, TERM, cols, rows, 0, 0, TERMINAL_MODES)
+                .await?;
+            Some(raw)
+        } else {
+            None
         };
+        match command {
+            Some(cmd) => channel.exec(true, cmd).await?,
+            None => channel.request_shell(true).await?,
+        }
         // stdin → channel, until stdin ends.
         let writer = channel.make_writer();
         let pump = tokio::spawn(async move {
@@ -599,6 +620,7 @@ impl Session {
             }
         }
         pump.abort();
+        drop(raw);
         status.map(ExitStatus).ok_or_else(|| {
             anyhow!(
                 "ssh: {} closed the session without an exit status",
@@ -633,42 +655,94 @@ fn handshake_error(err: SshError, addr: &str) -> anyhow::Error {
     }
 }
 
-/// The terminal's size, or 80x24.
+/// The size (columns, rows) of the terminal on stdin, as the original
+/// took it, or 80x24.
 fn terminal_size() -> (u32, u32) {
-    rustix::termios::tcgetwinsize(rustix::stdio::stdout())
+    rustix::termios::tcgetwinsize(rustix::stdio::stdin())
         .map(|w| (u32::from(w.ws_col), u32::from(w.ws_row)))
         .ok()
         .filter(|(c, r)| *c > 0 && *r > 0)
         .unwrap_or((80, 24))
 }
 
-/// The terminal in raw mode for an interactive shell; restored on drop.
-struct RawMode(rustix::termios::Termios);
+/// The terminal's modes from before a session made it raw, while it is:
+/// for [`watch_signals`] to restore.
+static SAVED_MODES: Mutex<Option<rustix::termios::Termios>> = Mutex::new(None);
+
+/// Sets the terminal on stdin to `modes`; this can only fail if the
+/// terminal is gone, when there is nothing to restore.
+fn set_modes(modes: &rustix::termios::Termios) {
+    let _ = rustix::termios::tcsetattr(
+        rustix::stdio::stdin(),
+        rustix::termios::OptionalActions::Now,
+        modes,
+    );
+}
+
+/// The modes saved by a [`RawMode`]; a poisoned lock still holds them.
+fn saved_modes() -> std::sync::MutexGuard<'static, Option<rustix::termios::Termios>> {
+    SAVED_MODES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The terminal on stdin in raw mode; restored on drop.
+struct RawMode;
 
 impl RawMode {
-    /// Raw mode on stdin, when it is a terminal.
-    fn enter() -> Option<RawMode> {
-        if !io::stdin().is_terminal() {
-            return None;
-        }
+    /// Puts the terminal on stdin in raw mode.
+    fn enter() -> io::Result<RawMode> {
         let stdin = rustix::stdio::stdin();
-        let saved = rustix::termios::tcgetattr(stdin).ok()?;
+        let saved = rustix::termios::tcgetattr(stdin)?;
         let mut raw = saved.clone();
         raw.make_raw();
-        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
-        Some(RawMode(saved))
+        *saved_modes() = Some(saved);
+        let guard = RawMode;
+        // On an error the guard puts back what may have been changed.
+        rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw)?;
+        Ok(guard)
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // Restoring can only fail if the terminal is gone.
-        let _ = rustix::termios::tcsetattr(
-            rustix::stdio::stdin(),
-            rustix::termios::OptionalActions::Now,
-            &self.0,
-        );
+        if let Some(modes) = saved_modes().take() {
+            set_modes(&modes);
+        }
     }
+}
+
+/// From the first session on a terminal to the end of the process, turns
+/// SIGTERM, SIGHUP and SIGINT into an exit with the shell's status for the
+/// signal (143, 129, 130), restoring the terminal first if a session has it
+/// raw. Outside a session that is what the signal would have done anyway;
+/// in one, it keeps the terminal from being left raw. (In raw mode Ctrl-C
+/// is a byte for the remote side, so SIGINT comes only from `kill`.)
+fn watch_signals() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    static WATCHING: Mutex<bool> = Mutex::new(false);
+    let mut watching = WATCHING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *watching {
+        return Ok(());
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = term.recv() => 143,
+            _ = hup.recv() => 129,
+            _ = int.recv() => 130,
+        };
+        if let Some(modes) = saved_modes().take() {
+            set_modes(&modes);
+        }
+        std::process::exit(code);
+    });
+    *watching = true;
+    Ok(())
 }
 
 #[cfg(test)]

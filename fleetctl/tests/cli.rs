@@ -785,6 +785,48 @@ async fn endpoint_from_environment() {
     );
 }
 
+/// A variable with a value its flag does not take is refused, naming the
+/// variable (the original silently used the flag's zero value), unless the
+/// flag is given; FLEETCTL_HELP prints the help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_variables_are_named() {
+    let server = Server::tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bad = [("FLEETCTL_STRICT_HOST_KEY_CHECKING", "yes")];
+    let r = fleetctl_env(d, &bad, &["list-machines"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (
+            2,
+            "",
+            "error: invalid value \"yes\" for --strict-host-key-checking in environment \
+             variable FLEETCTL_STRICT_HOST_KEY_CHECKING: invalid boolean value \"yes\"\n"
+        ),
+        "{r:?}"
+    );
+    let endpoint = format!("--endpoint={}", server.endpoint);
+    let r = fleetctl_env(
+        d,
+        &bad,
+        &[
+            &endpoint,
+            "--strict-host-key-checking=false",
+            "list-machines",
+            "--no-legend",
+            "--fields=ip",
+        ],
+    )
+    .await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "10.0.0.1\n-\n"), "{r:?}");
+    let r = fleetctl_env(d, &[("FLEETCTL_REQUEST_TIMEOUT", "3s")], &["list-units"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("FLEETCTL_REQUEST_TIMEOUT"), "{r:?}");
+    let r = fleetctl_env(d, &[("FLEETCTL_HELP", "1")], &["list-units"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("GLOBAL OPTIONS"), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoints_are_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,8 @@
 //! Checks: the right `--ca-file` works; a wrong CA fails naming the endpoint
 //! and the certificate problem; an unreadable CA file is named; a server
 //! that requires a client certificate accepts `--cert-file`/`--key-file`
-//! (spelt `--etcd-*` too) and refuses a client without one.
+//! (spelt `--etcd-*` too) and refuses a client without one; the
+//! `FLEETCTL_*` variables of all those flags work as the flags.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,6 +163,16 @@ struct Run {
 /// Runs `fleetctl --endpoint <endpoint> <args> list-machines --full` with no
 /// FLEETCTL_* variables inherited.
 async fn list_machines(dir: &Path, endpoint: &str, args: &[&str]) -> Run {
+    list_machines_env(dir, endpoint, &[], args).await
+}
+
+/// As [`list_machines`], with the variables `env` set.
+async fn list_machines_env(
+    dir: &Path,
+    endpoint: &str,
+    env: &[(&str, PathBuf)],
+    args: &[&str],
+) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"));
     cmd.current_dir(dir)
         .arg(format!("--endpoint={endpoint}"))
@@ -174,6 +185,7 @@ async fn list_machines(dir: &Path, endpoint: &str, args: &[&str]) -> Run {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .expect("fleetctl finished within 60s")
@@ -273,4 +285,43 @@ async fn https_presents_the_client_certificate() {
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.stderr.contains(&endpoint), "{run:?}");
     assert!(!run.stdout.contains(MACHINE), "{run:?}");
+}
+
+#[tokio::test]
+async fn tls_files_from_the_environment() {
+    let pki = pki();
+    let endpoint = serve(&pki, true).await;
+    let d = pki.dir.path();
+    // Each spelling's variables, as the original derived them from its
+    // flags (`--etcd-cafile` → FLEETCTL_ETCD_CAFILE).
+    for [ca, cert, key] in [
+        [
+            "FLEETCTL_CA_FILE",
+            "FLEETCTL_CERT_FILE",
+            "FLEETCTL_KEY_FILE",
+        ],
+        [
+            "FLEETCTL_ETCD_CAFILE",
+            "FLEETCTL_ETCD_CERTFILE",
+            "FLEETCTL_ETCD_KEYFILE",
+        ],
+    ] {
+        let env = [
+            (ca, pki.path("ca.pem")),
+            (cert, pki.path("client.pem")),
+            (key, pki.path("client-key.pem")),
+        ];
+        let run = list_machines_env(d, &endpoint, &env, &[]).await;
+        assert_eq!(run.code, Some(0), "{ca}: {run:?}");
+        assert!(run.stdout.contains(MACHINE), "{ca}: {run:?}");
+    }
+    // The flag beats the variable.
+    let env = [
+        ("FLEETCTL_ETCD_CAFILE", pki.path("ca.pem")),
+        ("FLEETCTL_ETCD_CERTFILE", pki.path("client.pem")),
+        ("FLEETCTL_ETCD_KEYFILE", pki.path("client-key.pem")),
+    ];
+    let run = list_machines_env(d, &endpoint, &env, &[&pki.arg("ca-file", "other-ca.pem")]).await;
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("UnknownIssuer"), "{run:?}");
 }

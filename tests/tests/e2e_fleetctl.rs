@@ -469,22 +469,13 @@ fn write_known_hosts(path: &Path, hosts: &[(String, &KeyPair)]) -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_tunnel_status_journal_and_known_hosts() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions {
-        members: 2,
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let keys = tempfile::tempdir()?;
-    let agent = SshAgent::start()?;
-    let client_key = KeyPair::generate(keys.path(), "client")?;
-    agent.add(&client_key)?;
-    let mut host_keys = Vec::new();
-    for (i, m) in cluster.members.iter().enumerate() {
-        let key = KeyPair::generate(keys.path(), &format!("host{i}"))?;
-        start_sshd(&m.machine, &m.ip(), &key, &[&client_key]).await?;
-        host_keys.push(key);
-    }
-    let ctl = Fleetctl::new(Some(&agent.sock))?;
+    let SshCluster {
+        cluster,
+        keys,
+        agent: _agent,
+        host_keys,
+        ctl,
+    } = SshCluster::start(2).await?;
     let ep = cluster.members[0].endpoint();
     let ep = ep.as_str();
     let (ip0, ip1) = (cluster.members[0].ip(), cluster.members[1].ip());
@@ -719,6 +710,23 @@ impl Tmux {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `command` (a shell command line) in a new 160x40 session `t`.
+    async fn start(&self, command: &str) -> anyhow::Result<()> {
+        self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            command,
+        ])
+        .await
+        .map(drop)
+    }
+
     /// The pane's screen and scrollback as text.
     async fn screen(&self) -> anyhow::Result<String> {
         self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"])
@@ -738,28 +746,85 @@ impl Drop for Tmux {
     }
 }
 
+/// `env -i` and only what fleetctl needs, to start a command line with.
+fn clean_env(ctl: &Fleetctl, agent: &SshAgent) -> String {
+    format!(
+        "env -i HOME={home} PATH=/usr/bin:/bin TERM=screen SSH_AUTH_SOCK={sock} RUST_LOG=warn",
+        home = ctl.home.path().display(),
+        sock = agent.sock.display(),
+    )
+}
+
+/// Machines running fleetd and sshd, an agent holding a client key that
+/// each sshd lets in as root, and a fleetctl using that agent.
+struct SshCluster {
+    /// The cluster.
+    cluster: Cluster,
+    /// Holds the keys; free for the test's own files.
+    keys: tempfile::TempDir,
+    /// The agent, held until the test ends.
+    agent: SshAgent,
+    /// Each member's sshd host key.
+    host_keys: Vec<KeyPair>,
+    /// fleetctl with the agent (and no known hosts yet).
+    ctl: Fleetctl,
+}
+
+impl SshCluster {
+    async fn start(members: usize) -> anyhow::Result<SshCluster> {
+        let cluster = Cluster::start(ClusterOptions {
+            members,
+            ..ClusterOptions::default()
+        })
+        .await?;
+        let keys = tempfile::tempdir()?;
+        let agent = SshAgent::start()?;
+        let client_key = KeyPair::generate(keys.path(), "client")?;
+        agent.add(&client_key)?;
+        let mut host_keys = Vec::new();
+        for (i, m) in cluster.members.iter().enumerate() {
+            let key = KeyPair::generate(keys.path(), &format!("host{i}"))?;
+            start_sshd(&m.machine, &m.ip(), &key, &[&client_key]).await?;
+            host_keys.push(key);
+        }
+        let ctl = Fleetctl::new(Some(&agent.sock))?;
+        Ok(SshCluster {
+            cluster,
+            keys,
+            agent,
+            host_keys,
+            ctl,
+        })
+    }
+
+    /// Writes fleetctl's known-hosts file with every member's host key.
+    fn know_all_hosts(&self) -> anyhow::Result<()> {
+        let hosts: Vec<_> = self
+            .cluster
+            .members
+            .iter()
+            .zip(&self.host_keys)
+            .map(|(m, key)| (m.ip(), key))
+            .collect();
+        write_known_hosts(&self.ctl.home.path().join(".fleetctl/known_hosts"), &hosts)
+    }
+}
+
 /// `fleetctl ssh <machine>` without a command on a real terminal (a tmux
 /// pane): a remote shell that runs what is typed and ends with `exit`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_ssh_in_a_terminal() -> anyhow::Result<()> {
     let tmux = Tmux::new()?;
-    let cluster = Cluster::start(ClusterOptions {
-        members: 1,
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let keys = tempfile::tempdir()?;
-    let agent = SshAgent::start()?;
-    let client_key = KeyPair::generate(keys.path(), "client")?;
-    agent.add(&client_key)?;
+    let ssh = SshCluster::start(1).await?;
+    ssh.know_all_hosts()?;
+    let SshCluster {
+        cluster,
+        keys,
+        agent,
+        ctl,
+        ..
+    } = ssh;
     let m = &cluster.members[0];
-    let host_key = KeyPair::generate(keys.path(), "host0")?;
-    start_sshd(&m.machine, &m.ip(), &host_key, &[&client_key]).await?;
-    let ctl = Fleetctl::new(Some(&agent.sock))?;
-    write_known_hosts(
-        &ctl.home.path().join(".fleetctl/known_hosts"),
-        &[(m.ip(), &host_key)],
-    )?;
     let out = m.machine.exec(&["hostname"]).await?;
     let hostname = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     anyhow::ensure!(!hostname.is_empty(), "the machine has no hostname: {out:?}");
@@ -768,27 +833,14 @@ async fn interactive_ssh_in_a_terminal() -> anyhow::Result<()> {
     // to a file (tmux's own report of it is racy).
     let status_file = keys.path().join("fleetctl-status");
     let command = format!(
-        "env -i HOME={home} PATH=/usr/bin:/bin TERM=screen SSH_AUTH_SOCK={sock} RUST_LOG=warn \
-         sh -c '{bin} --endpoint={ep} --ssh-username=root ssh {id}; echo $? > {status}'",
+        "{env} sh -c '{bin} --endpoint={ep} --ssh-username=root ssh {id}; echo $? > {status}'",
+        env = clean_env(&ctl, &agent),
         status = status_file.display(),
-        home = ctl.home.path().display(),
-        sock = agent.sock.display(),
         bin = ctl.bin.display(),
         ep = m.endpoint(),
         id = m.machine.machine_id(),
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "160",
-        "-y",
-        "40",
-        &command,
-    ])
-    .await?;
+    tmux.start(&command).await?;
     // The remote shell's prompt (root's: ending in '#').
     wait_until(
         "the remote shell's prompt",
@@ -822,5 +874,192 @@ async fn interactive_ssh_in_a_terminal() -> anyhow::Result<()> {
         |(status, _)| status == "0\n",
     )
     .await?;
+    Ok(())
+}
+
+/// A stand-in for `sudo` on the remote PATH: like sudo it refuses `-n`
+/// when a password is needed and asks for the password on the terminal,
+/// which must exist; the password is `fleet-secret`.
+const FAKE_SUDO: &str = r#"#!/bin/sh
+if [ "$1" = "-n" ]; then echo "sudo: a password is required" >&2; exit 1; fi
+if ! (: < /dev/tty) 2>/dev/null; then
+  echo "sudo: a terminal is required to read the password" >&2; exit 1
+fi
+exec 3<>/dev/tty
+printf '[sudo] password for %s: ' "$(id -un)" >&3
+stty -echo <&3; read -r pw <&3; stty echo <&3; printf '\n' >&3
+[ "$pw" = "fleet-secret" ] || { echo "sudo: incorrect password" >&3; exit 1; }
+exec 3>&-
+exec "$@"
+"#;
+
+/// The contents of `dir/name`, or "" while it does not exist.
+fn read_or_empty(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// `ssh MACHINE CMD`, `status` and `journal --sudo` get a remote PTY when
+/// fleetctl's stdin is a terminal (a tmux pane), as the original's did:
+/// the PTY has the pane's size and echo on, sudo's password prompt works
+/// through it, and the local terminal's modes are back as they were when
+/// fleetctl ends, normally or by SIGTERM. Without a terminal there is no
+/// PTY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_commands_get_a_pty_on_a_terminal() -> anyhow::Result<()> {
+    let tmux = Tmux::new()?;
+    let ssh = SshCluster::start(1).await?;
+    ssh.know_all_hosts()?;
+    let SshCluster {
+        cluster,
+        keys: _keys,
+        agent,
+        ctl,
+        ..
+    } = ssh;
+    let m = &cluster.members[0];
+    // The fake sudo, first on the PATH of SSH sessions.
+    let bin_dir = format!("{}/bin", testbed::ssh::SSH_DIR);
+    m.machine.write_file(format!("{bin_dir}/sudo"), FAKE_SUDO)?;
+    std::fs::set_permissions(
+        m.machine.root_path(format!("{bin_dir}/sudo")),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let config = m
+        .machine
+        .root_path(format!("{}/sshd_config", testbed::ssh::SSH_DIR));
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replace("SetEnv PATH=", &format!("SetEnv PATH={bin_dir}:")),
+    )?;
+    restart_sshd(&m.machine, &m.ip()).await?;
+
+    let ep = m.endpoint();
+    let id = m.machine.machine_id().to_owned();
+    let units = tempfile::tempdir()?;
+    let hello = write_unit(
+        units.path(),
+        "hello.service",
+        "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sh -c 'echo hello-from-fleet; exec sleep 100000'\n",
+    );
+    ctl.ok(&ep, &["start", &hello]).await;
+
+    // Without a terminal: no PTY, and sudo cannot ask.
+    let epf = format!("--endpoint={ep}");
+    let base = [epf.as_str(), "--ssh-username=root"];
+    let with = |rest: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(rest)
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>()
+    };
+    let args = with(&["ssh", &id, "tty"]);
+    let r = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!((r.code, r.stdout.as_str()), (1, "not a tty\n"), "{r:?}");
+    let args = with(&["journal", "--sudo", "hello.service"]);
+    let r = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("a terminal is required"), "{r:?}");
+
+    // On a terminal: each step writes what it saw to a file of `work`.
+    let work = tempfile::tempdir()?;
+    let w = work.path().display();
+    let fleetctl = format!(
+        "{bin} --endpoint={ep} --ssh-username=root",
+        bin = ctl.bin.display()
+    );
+    let script = format!(
+        "cd {w}\n\
+         stty -g > before\n\
+         {fleetctl} ssh {id} 'tty; stty size; stty -a | tr \" ;\" \"\\n\\n\" | grep -x -e echo -e -echo' \
+           > ssh.out 2> ssh.err; echo $? > ssh.status\n\
+         stty -g > after-ssh\n\
+         {fleetctl} status hello.service > status.out 2> status.err; echo $? > status.status\n\
+         {fleetctl} journal --sudo --lines=50 hello.service > journal.out 2> journal.err; \
+           echo $? > journal.status\n\
+         stty -g > after-journal\n\
+         sh -c 'echo $$ > fleetctl.pid; exec {fleetctl} ssh {id} \"echo ready; sleep 1000\"' \
+           > signal.out 2> signal.err; echo $? > signal.status\n\
+         stty -g > after-signal\n"
+    );
+    std::fs::write(work.path().join("script.sh"), script)?;
+    let command = format!("{env} sh {w}/script.sh", env = clean_env(&ctl, &agent));
+    tmux.start(&command).await?;
+    let wait_file = |name: &'static str, want: &'static str| {
+        let dir = work.path().to_path_buf();
+        let tmux = &tmux;
+        async move {
+            wait_until(
+                &format!("{name} to contain {want:?}"),
+                Duration::from_secs(60),
+                || async { Ok((read_or_empty(&dir, name), tmux.screen().await?)) },
+                |(text, _)| text.contains(want),
+            )
+            .await
+        }
+    };
+    wait_file("ssh.status", "\n").await?;
+    let out = read_or_empty(work.path(), "ssh.out").replace('\r', "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        read_or_empty(work.path(), "ssh.status"),
+        "0\n",
+        "ssh: {out}{}",
+        read_or_empty(work.path(), "ssh.err")
+    );
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("/dev/pts/")),
+        "{out}"
+    );
+    // `stty size` is rows and columns: the pane's (the status line takes
+    // a row of the window).
+    let size = tmux
+        .run(&["display", "-p", "-t", "t", "#{pane_height} #{pane_width}"])
+        .await?;
+    assert_eq!(lines.get(1..), Some(&[size.trim(), "echo"][..]), "{out}");
+    // sudo's prompt comes through the PTY; the password typed in the pane
+    // goes back through it, unechoed.
+    wait_file("journal.out", "[sudo] password for root: ").await?;
+    tmux.run(&["send-keys", "-t", "t", "-l", "fleet-secret"])
+        .await?;
+    tmux.run(&["send-keys", "-t", "t", "Enter"]).await?;
+    wait_file("journal.status", "\n").await?;
+    let journal = read_or_empty(work.path(), "journal.out");
+    assert_eq!(
+        read_or_empty(work.path(), "journal.status"),
+        "0\n",
+        "journal: {journal}{}",
+        read_or_empty(work.path(), "journal.err")
+    );
+    assert!(journal.contains("hello-from-fleet"), "{journal}");
+    assert!(!journal.contains("fleet-secret"), "{journal}");
+    let status = read_or_empty(work.path(), "status.out");
+    assert_eq!(
+        read_or_empty(work.path(), "status.status"),
+        "0\n",
+        "{status}"
+    );
+    assert!(status.contains("active (running)"), "{status}");
+    // SIGTERM during a session: fleetctl ends and the terminal is restored.
+    wait_file("signal.out", "ready").await?;
+    let pid: i32 = read_or_empty(work.path(), "fleetctl.pid").trim().parse()?;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow::anyhow!("pid 0"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    wait_file("signal.status", "\n").await?;
+    // The shell's status for SIGTERM, as if it had killed fleetctl.
+    assert_eq!(read_or_empty(work.path(), "signal.status"), "143\n");
+    wait_file("after-signal", "\n").await?;
+    let before = read_or_empty(work.path(), "before");
+    for after in ["after-ssh", "after-journal", "after-signal"] {
+        assert_eq!(
+            read_or_empty(work.path(), after),
+            before,
+            "terminal modes {after}"
+        );
+    }
     Ok(())
 }

@@ -33,8 +33,11 @@ pub struct Args {
     pub units: Vec<String>,
 }
 
-/// The journalctl command line: `[sudo -n] journalctl --unit <u> --no-pager
-/// -n <lines> --output <mode> [-f]`.
+/// The journalctl command line, as the original built it: `[sudo]
+/// journalctl --unit <u> --no-pager -n <lines> --output <mode> [-f]`. A
+/// plain `sudo` (no `-n`) may ask for a password: when stdin is a terminal
+/// the remote command runs on a PTY (see [`crate::ssh::Session::run`]), so
+/// the prompt reaches the user.
 pub fn journal_command(args: &Args, name: &str) -> (String, Vec<String>) {
     let mut cmd: Vec<String> = vec![
         "journalctl".into(),
@@ -47,7 +50,7 @@ pub fn journal_command(args: &Args, name: &str) -> (String, Vec<String>) {
         args.output.clone(),
     ];
     if args.sudo {
-        cmd.splice(0..0, ["sudo".to_owned(), "-n".to_owned()]);
+        cmd.insert(0, "sudo".to_owned());
     }
     if args.follow {
         cmd.push("-f".into());
@@ -109,7 +112,6 @@ mod tests {
         assert_eq!(
             rest,
             [
-                "-n",
                 "journalctl",
                 "--unit",
                 "x.service",
