@@ -1134,3 +1134,45 @@ async fn ssh_lookup_messages() {
         expect(&r, 1, "", stderr);
     }
 }
+
+/// `--request-timeout` (3 s by default) bounds connecting, not the answer:
+/// a listing the server takes longer than that to answer still succeeds,
+/// as with the original's API client, which had no limit on a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_listings_outlast_the_request_timeout() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    server.stall_next_listing(std::time::Duration::from_millis(3500));
+    let r = fleetctl(&server, dir.path(), &["list-machines", "--no-legend"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("113f16a7...\t10.0.0.1\t"), "{r:?}");
+}
+
+/// A server that never gets as far as a connection (here: a TLS handshake
+/// nobody answers) still fails within the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_is_bounded_by_the_request_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("--endpoint=https://{addr}");
+    let started = std::time::Instant::now();
+    let r = fleetctl_env(
+        dir.path(),
+        &[],
+        &[&endpoint, "--request-timeout=0.5", "list-machines"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not connected within 0.5s"), "{r:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{r:?}"
+    );
+}
