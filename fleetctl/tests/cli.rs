@@ -770,8 +770,21 @@ async fn endpoint_from_environment() {
         &[
             ("FLEETCTL_ENDPOINT", ""),
             ("FLEETCTL_DRIVER", "etcd"),
-            ("FLEETCTL_TUNNEL", "bastion"),
+            ("FLEETCTL_TUNNEL", "127.0.0.1:1"),
         ],
+        &["list-units"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.starts_with(
+            "Unable to initialize client: failed initializing SSH client to 127.0.0.1:1: "
+        ),
+        "{r:?}"
+    );
+    let r = fleetctl_env(
+        d,
+        &[("FLEETCTL_ENDPOINT", ""), ("FLEETCTL_DRIVER", "zookeeper")],
         &["list-units"],
     )
     .await;
@@ -779,7 +792,7 @@ async fn endpoint_from_environment() {
         (r.code, r.stderr.as_str()),
         (
             1,
-            "Unable to initialize client: --tunnel is not supported with the etcd driver; use --driver=API\n"
+            "Unable to initialize client: unrecognized driver \"zookeeper\"\n"
         ),
         "{r:?}"
     );
