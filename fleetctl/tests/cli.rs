@@ -1148,6 +1148,30 @@ async fn ssh_lookup_messages() {
     }
 }
 
+/// Runs `fleetctl --request-timeout=0.5 <driver> list-machines` against a
+/// TCP server that accepts connections, holds them open and never sends a
+/// byte (endpoint `<scheme>://<addr>`); checks that it fails well within
+/// 5 s saying `says`.
+async fn fails_against_a_silent_server(scheme: &str, driver: &str, says: &str) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("--endpoint={scheme}://{addr}");
+    let started = std::time::Instant::now();
+    let args = [driver, &endpoint, "--request-timeout=0.5", "list-machines"];
+    let r = fleetctl_env(dir.path(), &[], &args).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(says), "{r:?}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?} {r:?}");
+}
+
 /// `--request-timeout` (3 s by default) bounds connecting, not the answer:
 /// a listing the server takes longer than that to answer still succeeds,
 /// as with the original's API client, which had no limit on a request.
@@ -1165,27 +1189,13 @@ async fn slow_listings_outlast_the_request_timeout() {
 /// nobody answers) still fails within the request timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_is_bounded_by_the_request_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("--endpoint=https://{addr}");
-    let started = std::time::Instant::now();
-    let r = fleetctl_env(
-        dir.path(),
-        &[],
-        &[&endpoint, "--request-timeout=0.5", "list-machines"],
-    )
-    .await;
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("not connected within 0.5s"), "{r:?}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "{r:?}"
-    );
+    fails_against_a_silent_server("https", "--driver=API", "not connected within 0.5s").await;
+}
+
+/// With the etcd driver `--request-timeout` bounds each etcd request, as
+/// in the original: an "etcd" that accepts connections and never answers
+/// fails the command within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_requests_are_bounded_by_the_request_timeout() {
+    fails_against_a_silent_server("http", "--driver=etcd", "deadline has elapsed").await;
 }
