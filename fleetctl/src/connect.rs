@@ -7,8 +7,10 @@
 //!   request is a `direct-tcpip` channel.
 //! - `--driver=etcd` (or the deprecated `--experimental-api=false`):
 //!   [`RegistryClient`] over [`EtcdKv`] under `--etcd-key-prefix`, the same
-//!   registry code fleetd runs. `--tunnel` is refused with it (etcd's gRPC
-//!   client cannot run over an SSH channel here).
+//!   registry code fleetd runs. With `--tunnel` every connection to an
+//!   etcd member is a `direct-tcpip` channel from the bastion to the
+//!   endpoint's host and port, as in the original; TLS to an `https://`
+//!   endpoint runs inside the channel.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,24 +116,18 @@ pub async fn tunnel(global: &GlobalArgs) -> anyhow::Result<Option<Arc<Session>>>
 ///
 /// # Errors
 ///
-/// An unknown driver, an unusable endpoint, `--tunnel` with the etcd
-/// driver, or the tunnel failing to connect.
+/// An unknown driver, an unusable endpoint, or the tunnel failing to
+/// connect.
 pub async fn client(global: &GlobalArgs, ui: &mut Ui) -> anyhow::Result<(Client, Remote)> {
     let etcd = etcd_driver(global)?;
-    let tunnel = if etcd {
-        if !global.tunnel.is_empty() {
-            bail!("--tunnel is not supported with the etcd driver; use --driver=API");
-        }
-        None
-    } else {
-        tunnel(global).await?
-    };
+    let tunnel = tunnel(global).await?;
     let remote = Remote {
         ssh: ssh_config(global),
         tunnel: tunnel.clone(),
     };
     if etcd {
-        return Ok((Client::Etcd(Box::new(etcd_client(global).await?)), remote));
+        let client = etcd_client(global, tunnel).await?;
+        return Ok((Client::Etcd(Box::new(client)), remote));
     }
     let mut endpoints = global.endpoint.split(',');
     let first = endpoints.next().unwrap_or_default().trim();
@@ -194,8 +190,11 @@ fn api_tls(global: &GlobalArgs) -> TlsOptions {
     }
 }
 
-/// The etcd driver's client.
-async fn etcd_client(global: &GlobalArgs) -> anyhow::Result<RegistryClient<EtcdKv>> {
+/// The etcd driver's client, through `tunnel` if there is one.
+async fn etcd_client(
+    global: &GlobalArgs,
+    tunnel: Option<Arc<Session>>,
+) -> anyhow::Result<RegistryClient<EtcdKv>> {
     let endpoint = if global.endpoint == DEFAULT_ENDPOINT {
         DEFAULT_ETCD_ENDPOINT
     } else {
@@ -223,7 +222,16 @@ async fn etcd_client(global: &GlobalArgs) -> anyhow::Result<RegistryClient<EtcdK
         key_file: path(&global.key_file),
         ..EtcdConnectOptions::new(seconds(global.request_timeout))
     };
-    let kv = EtcdKv::connect_with(&endpoints, &options).await?;
+    let kv = match tunnel {
+        None => EtcdKv::connect_with(&endpoints, &options).await?,
+        Some(session) => {
+            let dial = move |host: String, port| {
+                let session = session.clone();
+                async move { session.direct_tcpip(&host, port).await }
+            };
+            EtcdKv::connect_through(&endpoints, &options, dial).await?
+        }
+    };
     Ok(RegistryClient::new(Registry::new(
         kv,
         &global.etcd_key_prefix,
@@ -275,11 +283,17 @@ mod tests {
         ));
         let err = client(&["--driver=zookeeper"]).0.err().unwrap();
         assert_eq!(err.to_string(), r#"unrecognized driver "zookeeper""#);
-        let err = client(&["--driver=etcd", "--tunnel=bastion"])
+        // --tunnel works with the etcd driver: the tunnel is dialled (and
+        // here fails), not refused.
+        let err = client(&["--driver=etcd", "--tunnel=127.0.0.1:1"])
             .0
             .err()
             .unwrap();
-        assert!(err.to_string().contains("--tunnel"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("failed initializing SSH client to 127.0.0.1:1"),
+            "{err}"
+        );
         let err = client(&["--driver=etcd", "--endpoint=unix:///x"])
             .0
             .err()

@@ -770,8 +770,21 @@ async fn endpoint_from_environment() {
         &[
             ("FLEETCTL_ENDPOINT", ""),
             ("FLEETCTL_DRIVER", "etcd"),
-            ("FLEETCTL_TUNNEL", "bastion"),
+            ("FLEETCTL_TUNNEL", "127.0.0.1:1"),
         ],
+        &["list-units"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.starts_with(
+            "Unable to initialize client: failed initializing SSH client to 127.0.0.1:1: "
+        ),
+        "{r:?}"
+    );
+    let r = fleetctl_env(
+        d,
+        &[("FLEETCTL_ENDPOINT", ""), ("FLEETCTL_DRIVER", "zookeeper")],
         &["list-units"],
     )
     .await;
@@ -779,7 +792,7 @@ async fn endpoint_from_environment() {
         (r.code, r.stderr.as_str()),
         (
             1,
-            "Unable to initialize client: --tunnel is not supported with the etcd driver; use --driver=API\n"
+            "Unable to initialize client: unrecognized driver \"zookeeper\"\n"
         ),
         "{r:?}"
     );
@@ -1175,4 +1188,56 @@ async fn ssh_lookup_messages() {
         let r = fleetctl(&server, d, args).await;
         expect(&r, 1, "", stderr);
     }
+}
+
+/// Runs `fleetctl --request-timeout=0.5 <driver> list-machines` against a
+/// TCP server that accepts connections, holds them open and never sends a
+/// byte (endpoint `<scheme>://<addr>`); checks that it fails well within
+/// 5 s saying `says`.
+async fn fails_against_a_silent_server(scheme: &str, driver: &str, says: &str) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("--endpoint={scheme}://{addr}");
+    let started = std::time::Instant::now();
+    let args = [driver, &endpoint, "--request-timeout=0.5", "list-machines"];
+    let r = fleetctl_env(dir.path(), &[], &args).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(says), "{r:?}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?} {r:?}");
+}
+
+/// `--request-timeout` (3 s by default) bounds connecting, not the answer:
+/// a listing the server takes longer than that to answer still succeeds,
+/// as with the original's API client, which had no limit on a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_listings_outlast_the_request_timeout() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    server.stall_next_listing(std::time::Duration::from_millis(3500));
+    let r = fleetctl(&server, dir.path(), &["list-machines", "--no-legend"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("113f16a7...\t10.0.0.1\t"), "{r:?}");
+}
+
+/// A server that never gets as far as a connection (here: a TLS handshake
+/// nobody answers) still fails within the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_is_bounded_by_the_request_timeout() {
+    fails_against_a_silent_server("https", "--driver=API", "not connected within 0.5s").await;
+}
+
+/// With the etcd driver `--request-timeout` bounds each etcd request, as
+/// in the original: an "etcd" that accepts connections and never answers
+/// fails the command within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_requests_are_bounded_by_the_request_timeout() {
+    fails_against_a_silent_server("http", "--driver=etcd", "deadline has elapsed").await;
 }

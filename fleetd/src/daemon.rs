@@ -365,7 +365,10 @@ async fn run_generation(
 ) -> anyhow::Result<Ended> {
     let settings = Settings::from_config(&config);
     let machine = read_machine_id(&config.machine_id_file)?;
-    let public_ip = config.public_ip.or_else(detect_public_ip);
+    let public_ip = config
+        .public_ip
+        .clone()
+        .or_else(|| detect_public_ip().map(|ip| ip.to_string()));
     let token = machine_token(&config.units_directory)?;
     info!(machine = %machine, public_ip = ?public_ip, version = crate::VERSION, "starting fleetd");
 
@@ -387,7 +390,7 @@ async fn run_generation(
 
     let record = MachineRecord {
         id: machine.clone(),
-        public_ip: public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        public_ip: public_ip.unwrap_or_default(),
         metadata: config.metadata.clone(),
         capabilities: Capabilities {
             disable_engine: config.disable_engine,

@@ -662,6 +662,130 @@ async fn ssh_tunnel_status_journal_and_known_hosts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A TCP forwarder for a machine: listens on the machine's own loopback
+/// (`argv[1]` is the port) and copies each connection to `argv[2]:argv[3]`.
+const FORWARDER: &str = r#"
+import asyncio, sys
+listen_port, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+async def pump(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+async def serve(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection(host, port)
+    await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", listen_port)
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+/// `--tunnel` with `--driver=etcd` (fleet-reference.md §8.4): the etcd
+/// traffic goes through a `direct-tcpip` channel from the bastion. The
+/// endpoint, `127.0.0.1:<port>`, is etcd only on the bastion's loopback
+/// (a forwarder there), so only traffic through the tunnel reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_driver_through_the_tunnel() -> anyhow::Result<()> {
+    // Held to the end: dropping it stops the agent.
+    let ssh = SshCluster::start(1).await?;
+    ssh.know_all_hosts()?;
+    let member = &ssh.cluster.members[0];
+    let ctl = &ssh.ctl;
+
+    // A port free on the host; the machine's network namespace is its own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
+    let etcd = cluster.etcd_endpoints_for_machines()[0].clone();
+    let (etcd_host, etcd_port) = etcd
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("etcd endpoint {etcd} has no port"))?;
+    let out = member
+        .machine
+        .exec(&[
+            "systemd-run",
+            "--unit=tb-etcd-forward",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            FORWARDER,
+            &port,
+            etcd_host,
+            etcd_port,
+        ])
+        .await?;
+    testbed::cluster::check(&out, "systemd-run the etcd forwarder")?;
+    let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    wait_until(
+        "the forwarder listens in the machine",
+        Duration::from_secs(20),
+        || async {
+            Ok(member
+                .machine
+                .exec(&["bash", "-c", &probe])
+                .await?
+                .status
+                .success())
+        },
+        |listening| *listening,
+    )
+    .await?;
+
+    let endpoint = format!("--endpoint=http://127.0.0.1:{port}");
+    // From the host, nothing answers there.
+    let r = ctl
+        .run(&[
+            "--driver=etcd",
+            &endpoint,
+            "--request-timeout=1",
+            "list-machines",
+        ])
+        .await;
+    assert_ne!(r.code, 0, "etcd answered on the host's own loopback: {r:?}");
+    // Through the tunnel etcd answers, reads and writes.
+    let tunnel = format!("--tunnel={}", member.ip());
+    let via = |rest: &[&str]| -> Vec<String> {
+        [
+            tunnel.as_str(),
+            "--ssh-username=root",
+            "--driver=etcd",
+            endpoint.as_str(),
+        ]
+        .iter()
+        .chain(rest)
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let run_via = |rest: &[&str]| {
+        let args = via(rest);
+        async move {
+            ctl.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .await
+        }
+    };
+    let r = run_via(&["list-machines", "--no-legend", "--full"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(member.machine.machine_id()),
+        "list-machines through the tunnel: {r:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let unit = write_unit(dir.path(), "tunneled.service", &service("tunneled"));
+    let r = run_via(&["submit", &unit]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = run_via(&["list-unit-files", "--no-legend"]).await;
+    assert!(
+        r.code == 0 && r.stdout.starts_with("tunneled.service"),
+        "{r:?}"
+    );
+    Ok(())
+}
+
 /// A tmux server of its own (socket in a temporary directory), killed on
 /// drop through that socket.
 struct Tmux {

@@ -1,9 +1,13 @@
 //! `EtcdKv` against a real etcd with TLS (client certificates made at test
 //! time with the `openssl` CLI) and with authentication, and a polling
-//! [`Reflector`] (fleet's `disable_watches`) against a real etcd.
+//! [`Reflector`] (fleet's `disable_watches`) against a real etcd, and
+//! `EtcdKv::connect_through` (etcd over streams the caller opens).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,6 +16,7 @@ use fleetd::registry::etcd::{ConnectError, EtcdConnectOptions};
 use fleetd::registry::{EtcdKv, Kv, Op, Txn};
 use testbed::etcd::{Etcd, EtcdTls};
 use testbed::util::{require_tool, wait_until};
+use tokio::net::TcpStream;
 
 /// The bound on every request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -406,5 +411,79 @@ async fn fleetctl_etcd_driver_over_tls() -> anyhow::Result<()> {
         !out.status.success(),
         "etcd answered fleetctl without a client certificate"
     );
+    Ok(())
+}
+
+/// A stream being opened by [`recording_dialer`]'s dialer.
+type Dialling = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// The `host:port`s a dialer was asked for.
+type Dialled = Arc<Mutex<Vec<String>>>;
+
+/// A dialer for [`EtcdKv::connect_through`] that opens plain TCP and
+/// records every `host:port` it was asked for.
+fn recording_dialer() -> (
+    Dialled,
+    impl Fn(String, u16) -> Dialling + Clone + Send + Sync + 'static,
+) {
+    let seen = Dialled::default();
+    let log = seen.clone();
+    let dial = move |host: String, port: u16| -> Dialling {
+        lock(&log).push(format!("{host}:{port}"));
+        Box::pin(async move { TcpStream::connect((host.as_str(), port)).await })
+    };
+    (seen, dial)
+}
+
+fn lock(seen: &Dialled) -> std::sync::MutexGuard<'_, Vec<String>> {
+    seen.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `connect_through` (fleetctl's `--tunnel` with the etcd driver): every
+/// connection is a stream the caller opens, TLS runs inside it, and with
+/// several endpoints a dead one is passed over.
+#[tokio::test]
+async fn etcd_through_a_callers_streams() -> anyhow::Result<()> {
+    let pki = Pki::generate()?;
+    let etcd = Etcd::start_tls(pki.server()).await?;
+    let endpoint = etcd.endpoint();
+    let (seen, dial) = recording_dialer();
+    let kv = EtcdKv::connect_through(
+        std::slice::from_ref(&endpoint),
+        &pki.client_options(),
+        dial.clone(),
+    )
+    .await?;
+    round_trip(&kv, "/through/tls").await?;
+    let port = endpoint.rsplit(':').next().unwrap_or_default().to_owned();
+    let dialled = lock(&seen).clone();
+    assert!(
+        !dialled.is_empty() && dialled.iter().all(|d| *d == format!("127.0.0.1:{port}")),
+        "{dialled:?}"
+    );
+
+    // TLS files with an http:// endpoint are refused, as by connect_with.
+    let error = EtcdKv::connect_through(
+        &["http://127.0.0.1:2379".to_owned()],
+        &pki.client_options(),
+        dial.clone(),
+    )
+    .await
+    .err()
+    .context("TLS files with an http:// endpoint were accepted")?;
+    assert!(matches!(error, ConnectError::Options(_)), "{error:?}");
+
+    // Plain etcd, a dead endpoint first: requests get through.
+    let plain = Etcd::start().await?;
+    let (seen, dial) = recording_dialer();
+    let endpoints = ["http://127.0.0.1:1".to_owned(), plain.endpoint()];
+    let kv = EtcdKv::connect_through(&endpoints, &EtcdConnectOptions::new(REQUEST_TIMEOUT), dial)
+        .await?;
+    for i in 0..4 {
+        round_trip(&kv, &format!("/through/plain/{i}")).await?;
+    }
+    let dialled = lock(&seen).clone();
+    assert!(dialled.iter().any(|d| d == "127.0.0.1:1"), "{dialled:?}");
     Ok(())
 }

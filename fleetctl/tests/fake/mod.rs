@@ -10,12 +10,16 @@
 //! - units named `failing*` launch but systemd reports them failed;
 //! - units named `slowdelete*` stay visible for three GETs after DELETE.
 //!
+//! [`Server::stall_next_listing`] makes the next listing answer late, as a
+//! loaded server would.
+//!
 //! Machines: [`M1`] (10.0.0.1, metadata) runs every scheduled unit; [`M2`]
 //! (no IP) only runs global units.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -52,6 +56,8 @@ pub struct Fake {
     ghosts: HashMap<String, (Record, u32)>,
     /// `METHOD path?query` of every request, in order.
     pub requests: Vec<String>,
+    /// How long the next listing waits before it answers.
+    stall: Option<Duration>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -182,6 +188,14 @@ fn page<T: Clone>(
     Some((slice, next))
 }
 
+/// Waits as long as [`Server::stall_next_listing`] asked, once.
+async fn stall(state: &Shared) {
+    let delay = lock(state).stall.take();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 fn log(state: &Shared, method: &Method, path: &str, raw: Option<&str>) {
     let line = match raw {
         Some(q) => format!("{method} {path}?{q}"),
@@ -196,6 +210,7 @@ async fn list_units(
     RawQuery(raw): RawQuery,
 ) -> Response {
     log(&s, &Method::GET, "/fleet/v1/units", raw.as_deref());
+    stall(&s).await;
     let all: Vec<Unit> = lock(&s)
         .units
         .iter()
@@ -357,6 +372,7 @@ async fn list_states(
     RawQuery(raw): RawQuery,
 ) -> Response {
     log(&s, &Method::GET, "/fleet/v1/state", raw.as_deref());
+    stall(&s).await;
     let all: Vec<UnitState> = lock(&s)
         .units
         .iter()
@@ -400,6 +416,7 @@ async fn list_machines(
     RawQuery(raw): RawQuery,
 ) -> Response {
     log(&s, &Method::GET, "/fleet/v1/machines", raw.as_deref());
+    stall(&s).await;
     match page(&machines(), &q) {
         Some((machines, next_page_token)) => Json(MachinePage {
             machines,
@@ -468,6 +485,12 @@ impl Server {
     /// The requests seen so far.
     pub fn requests(&self) -> Vec<String> {
         lock(&self.state).requests.clone()
+    }
+
+    /// Makes the next listing (units, states or machines) answer only
+    /// after `delay`.
+    pub fn stall_next_listing(&self, delay: Duration) {
+        lock(&self.state).stall = Some(delay);
     }
 
     /// The desired state of a unit, if it exists.

@@ -11,8 +11,11 @@
 //!   the stream the connector opens). fleetctl makes a handful of sequential
 //!   requests, so a pool would buy nothing, and a fresh connection cannot be
 //!   closed under us by a server's idle timeout between two polls.
-//! - Every request (connect, send, read the whole body) runs under the
-//!   request timeout given at construction.
+//! - The timeout given at construction (fleetctl's `--request-timeout`)
+//!   bounds getting a connection: the connect, the TLS handshake, the SSH
+//!   channel of a tunnel. The answer itself is never cut short: the
+//!   original's API client had no limit on a request, and a listing a
+//!   loaded server takes long to page through must still succeed.
 //! - Like the original Go client, every request carries `?alt=json`, listings
 //!   follow `nextPageToken` until a page comes without one, and a 404 on
 //!   `GET /units/<name>` or `GET /state/<name>` means "no such unit" (`None`).
@@ -426,15 +429,16 @@ pub struct HttpClient {
     host_header: String,
     /// Path prefix before `/fleet/v1`.
     base_path: String,
-    /// Deadline for one whole request (connect, send, read the body).
-    request_timeout: Duration,
+    /// Deadline for getting a connection (connect, TLS handshake, tunnel
+    /// channel); the answer has none.
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
             .field("endpoint", &self.endpoint)
-            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -444,8 +448,8 @@ impl HttpClient {
     /// socket, `http://host[:port][/prefix]` for TCP,
     /// `https://host[:port][/prefix]` for TLS trusting the system's roots.
     /// Only one endpoint: the caller splits comma-separated lists.
-    /// `request_timeout` bounds every request. Nothing is dialled until the
-    /// first request.
+    /// `connect_timeout` bounds getting each request's connection (see the
+    /// module docs). Nothing is dialled until the first request.
     ///
     /// # Errors
     ///
@@ -454,9 +458,9 @@ impl HttpClient {
     /// missing a slash).
     pub fn new(
         endpoint: &str,
-        request_timeout: Duration,
+        connect_timeout: Duration,
     ) -> std::result::Result<Self, InvalidEndpoint> {
-        Self::with_tls(endpoint, request_timeout, &TlsOptions::default()).map_err(|e| match e {
+        Self::with_tls(endpoint, connect_timeout, &TlsOptions::default()).map_err(|e| match e {
             BuildError::Endpoint(e) => e,
             // Without files only rustls itself can object.
             BuildError::Tls(e) => InvalidEndpoint::new(endpoint, e.to_string()),
@@ -473,7 +477,7 @@ impl HttpClient {
     /// unusable ([`tls_config`]).
     pub fn with_tls(
         endpoint: &str,
-        request_timeout: Duration,
+        connect_timeout: Duration,
         tls: &TlsOptions,
     ) -> std::result::Result<Self, BuildError> {
         let parsed = Endpoint::parse(endpoint)?;
@@ -497,7 +501,7 @@ impl HttpClient {
             }),
         };
         let connect = secure(connect, &parsed, tls)?;
-        Ok(Self::from_parts(endpoint, parsed, connect, request_timeout))
+        Ok(Self::from_parts(endpoint, parsed, connect, connect_timeout))
     }
 
     /// A client that reaches the server through streams opened by `connect`
@@ -511,14 +515,14 @@ impl HttpClient {
     pub fn over_stream<F, Fut, S>(
         endpoint: &str,
         connect: F,
-        request_timeout: Duration,
+        connect_timeout: Duration,
     ) -> std::result::Result<Self, InvalidEndpoint>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = io::Result<S>> + Send + 'static,
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Self::over_stream_with_tls(endpoint, connect, request_timeout, &TlsOptions::default())
+        Self::over_stream_with_tls(endpoint, connect, connect_timeout, &TlsOptions::default())
             .map_err(|e| match e {
                 BuildError::Endpoint(e) => e,
                 BuildError::Tls(e) => InvalidEndpoint::new(endpoint, e.to_string()),
@@ -534,7 +538,7 @@ impl HttpClient {
     pub fn over_stream_with_tls<F, Fut, S>(
         endpoint: &str,
         connect: F,
-        request_timeout: Duration,
+        connect_timeout: Duration,
         tls: &TlsOptions,
     ) -> std::result::Result<Self, BuildError>
     where
@@ -548,21 +552,21 @@ impl HttpClient {
             Box::pin(async move { Ok(Box::new(fut.await?) as BoxStream) })
         });
         let connect = secure(connect, &parsed, tls)?;
-        Ok(Self::from_parts(endpoint, parsed, connect, request_timeout))
+        Ok(Self::from_parts(endpoint, parsed, connect, connect_timeout))
     }
 
     fn from_parts(
         endpoint: &str,
         parsed: Endpoint,
         connect: Connector,
-        request_timeout: Duration,
+        connect_timeout: Duration,
     ) -> Self {
         HttpClient {
             connect,
             endpoint: endpoint.to_owned(),
             host_header: parsed.host_header,
             base_path: parsed.base_path,
-            request_timeout,
+            connect_timeout,
         }
     }
 
@@ -602,18 +606,14 @@ impl HttpClient {
         }
     }
 
-    /// Sends one request and reads the whole answer, under the timeout.
-    async fn send(
-        &self,
-        method: Method,
-        uri: String,
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes)> {
-        let exchange = async {
+    /// A connection to the server: the stream (with TLS, if any) and the
+    /// HTTP/1.1 handshake, under the connect timeout.
+    async fn connection(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let open = async {
             let stream = (self.connect)()
                 .await
                 .map_err(|e| self.transport_error(e))?;
-            let (mut sender, conn) =
+            let (sender, conn) =
                 hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
                     .await
                     .map_err(|e| self.transport_error(e))?;
@@ -624,37 +624,47 @@ impl HttpClient {
                     tracing::debug!(%err, "fleet API connection ended with an error");
                 }
             });
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(uri.as_str())
-                .header(HOST, self.host_header.as_str());
-            if body.is_some() {
-                req = req.header(CONTENT_TYPE, "application/json");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| {
-                    Error::Protocol(format!("cannot build request {method} {uri}: {e}"))
-                })?;
-            tracing::debug!(%method, %uri, endpoint = %self.endpoint, "fleet API request");
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| self.transport_error(e))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.transport_error(e))?
-                .to_bytes();
-            tracing::debug!(%status, bytes = body.len(), "fleet API response");
-            Ok((status, body))
+            Ok(sender)
         };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
+        match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(result) => result,
-            Err(_) => Err(self.transport_error(TimedOut(self.request_timeout))),
+            Err(_) => Err(self.transport_error(TimedOut(self.connect_timeout))),
         }
+    }
+
+    /// Sends one request and reads the whole answer. Only getting the
+    /// connection is bounded in time (see the module docs).
+    async fn send(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let mut sender = self.connection().await?;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri.as_str())
+            .header(HOST, self.host_header.as_str());
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Protocol(format!("cannot build request {method} {uri}: {e}")))?;
+        tracing::debug!(%method, %uri, endpoint = %self.endpoint, "fleet API request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .to_bytes();
+        tracing::debug!(%status, bytes = body.len(), "fleet API response");
+        Ok((status, body))
     }
 
     /// GETs `uri` and decodes a 2xx answer; `Ok(None)` on 404 when
@@ -753,9 +763,9 @@ fn secure(
     }))
 }
 
-/// The error of a request that got no answer in time.
+/// The error of a request that got no connection in time.
 #[derive(Debug, thiserror::Error)]
-#[error("no answer within {}", humanize(*.0))]
+#[error("not connected within {}", humanize(*.0))]
 struct TimedOut(Duration);
 
 fn humanize(d: Duration) -> String {
@@ -1154,22 +1164,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_servers_time_out() {
+    async fn slow_answers_are_awaited() {
+        // The answer comes well after the timeout: only connecting is bounded.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("slow.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
-            let (_s, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let page = json("200 OK", r#"{"machines":[{"id":"m1"}]}"#);
+            s.write_all(page.as_bytes()).await.unwrap();
         });
         let c = HttpClient::new(
             &format!("unix://{}", path.display()),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        assert_eq!(c.machines().await.unwrap()[0].id, "m1");
+    }
+
+    #[tokio::test]
+    async fn connecting_is_bounded() {
+        // A stream that never opens (a tunnel channel nobody answers)...
+        let c = HttpClient::over_stream(
+            "unix:///var/run/fleet.sock",
+            std::future::pending::<io::Result<tokio::io::DuplexStream>>,
             Duration::from_millis(200),
         )
         .unwrap();
         let err = c.units().await.unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.contains("no answer within 0.2s"), "{chain}");
+        assert!(chain.contains("not connected within 0.2s"), "{chain}");
+        // ...and a TLS handshake a silent server never completes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (_s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let c = HttpClient::new(&format!("https://{addr}"), Duration::from_millis(200)).unwrap();
+        let started = std::time::Instant::now();
+        let err = c.machines().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("not connected within 0.2s"), "{chain}");
     }
 
     #[tokio::test]

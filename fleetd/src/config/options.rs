@@ -17,14 +17,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse::{
     AGENT_TTL_RANGE, ENGINE_RECONCILE_INTERVAL_RANGE, ETCD_REQUEST_TIMEOUT_RANGE, non_empty,
-    parse_bool, parse_duration_in, parse_etcd_servers, parse_ip, parse_listen, parse_metadata,
-    parse_path, parse_seconds, parse_token_limit, parse_verbosity,
+    parse_bool, parse_duration_in, parse_etcd_servers, parse_listen, parse_metadata, parse_path,
+    parse_seconds, parse_token_limit, parse_verbosity,
 };
 use super::{ListenAddr, Origin, ValueError};
 
@@ -255,13 +254,15 @@ options! {
         help: "Key prefix of fleet's data in etcd",
         parse: |v, _| Ok(v.to_owned()),
     }
-    /// `public_ip`: the IP published for this machine (none: auto-detect).
-    public_ip: Option<IpAddr> = PublicIp {
+    /// `public_ip`: the address published for this machine (none:
+    /// auto-detect). Taken as given, as the original did: an IP, a host
+    /// name, anything `fleetctl ssh` can dial.
+    public_ip: Option<String> = PublicIp {
         default: "",
         shown: "auto-detected",
         value: "IP",
         help: "IP address published for this machine",
-        parse: |v, _| parse_ip(v),
+        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
     }
     /// `metadata`: this machine's config metadata, matched by
     /// `MachineMetadata=` (dynamic metadata from the API is merged over it).

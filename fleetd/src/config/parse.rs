@@ -2,7 +2,6 @@
 //! option cannot take with a [`ValueError`].
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,9 +42,6 @@ pub enum ValueError {
     /// Not a boolean.
     #[error("not a boolean (true/false, 1/0, yes/no, on/off, t/f)")]
     Bool,
-    /// Not an IP address.
-    #[error("not an IP address")]
-    Ip,
     /// An empty value where one is required.
     #[error("must not be empty")]
     Empty,
@@ -224,13 +220,6 @@ pub(super) fn parse_bool(v: &str) -> Result<bool, ValueError> {
         "1" | "t" | "true" | "yes" | "y" | "on" => Ok(true),
         "0" | "f" | "false" | "no" | "n" | "off" => Ok(false),
         _ => Err(ValueError::Bool),
-    }
-}
-
-pub(super) fn parse_ip(v: &str) -> Result<Option<IpAddr>, ValueError> {
-    match non_empty(v) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| ValueError::Ip),
     }
 }
 

@@ -139,7 +139,7 @@ fn every_option_from_every_source() {
             c.etcd_key_prefix == "/other/"
         }),
         (Opt::PublicIp, "10.0.0.7", |c| {
-            c.public_ip == Some("10.0.0.7".parse().expect("ip"))
+            published(c).as_deref() == Some("10.0.0.7")
         }),
         (Opt::Metadata, "region=us-east,role=web", |c| {
             c.metadata
@@ -280,7 +280,7 @@ fn file_syntax_quotes_comments_unknown_keys_and_sections() {
             ("role".into(), "web".into())
         ])
     );
-    assert_eq!(c.public_ip, Some("10.1.2.3".parse().expect("ip")));
+    assert_eq!(published(&c).as_deref(), Some("10.1.2.3"));
     assert_eq!(c.etcd_servers, ["http://a:2379", "http://b:2379"]);
     assert_eq!(c.agent_ttl, Duration::from_secs(6), "a later line wins");
     assert_eq!(c.verbosity, 0, "options inside a section are ignored");
@@ -470,7 +470,6 @@ fn every_invalid_value_message() {
         ("--etcd-request-timeout", "-1", ETCD_SECS),
         ("--etcd-request-timeout", "inf", ETCD_SECS),
         ("--etcd-request-timeout", "1s", ETCD_SECS),
-        ("--public-ip", "10.0.0", "not an IP address"),
         ("--agent-ttl", "30", "missing unit in duration \"30\""),
         (
             "--agent-ttl",
@@ -675,6 +674,35 @@ fn listen_addresses() {
             port: 49153
         }
     );
+}
+
+/// The `public_ip` a config publishes, as text.
+fn published(c: &Config) -> Option<String> {
+    c.public_ip.as_ref().map(ToString::to_string)
+}
+
+/// `public_ip` is published as given, as the original did (a plain string
+/// option, never checked): host names, partial or scoped addresses too.
+#[test]
+fn public_ip_is_taken_as_given() {
+    for value in [
+        "10.0.0.7",
+        "10.0.0",
+        "node1.example.com",
+        "fe80::1%eth0",
+        "2001:db8::1",
+        "not an address",
+    ] {
+        let c = load_env("FLEET_PUBLIC_IP", value).expect(value);
+        assert_eq!(published(&c).as_deref(), Some(value));
+        let c = load_flags(&[&format!("--public-ip={value}")]).expect(value);
+        assert_eq!(published(&c).as_deref(), Some(value));
+    }
+    // Surrounding blanks go, as with every option; blank is unset.
+    let c = load_env("FLEET_PUBLIC_IP", " 10.0.0.7 ").expect("blanks");
+    assert_eq!(published(&c).as_deref(), Some("10.0.0.7"));
+    let c = load_env("FLEET_PUBLIC_IP", "  ").expect("blank");
+    assert_eq!(c.public_ip, None);
 }
 
 #[test]

@@ -58,6 +58,12 @@
 //!   `etcd_cafile`, `etcd_certfile`, `etcd_keyfile`, `etcd_username`,
 //!   `etcd_password`) through [`EtcdKv::connect_with`]; TLS is rustls with
 //!   ring, trusting only the given CA.
+//! - **Through a caller's streams** ([`EtcdKv::connect_through`]): instead
+//!   of dialling TCP, each connection to a member is a byte stream the
+//!   caller opens to its host and port (fleetctl's `--tunnel`: an SSH
+//!   `direct-tcpip` channel, fleet-reference.md §8.4); TLS for `https://`
+//!   endpoints runs inside it. With several endpoints requests take turns
+//!   over them, so the retries above reach another member.
 //!
 //! Error mapping: transport failures, timeouts and the gRPC codes etcd uses
 //! for transient trouble (`Unavailable`, `DeadlineExceeded`, `Cancelled`,
@@ -68,11 +74,17 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client as ec;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Interval};
+use tower::ServiceExt;
 
 use super::keys::kind_of;
 use super::kv::{
@@ -217,6 +229,111 @@ fn tls_options(
         }
     }
     Ok(Some(tls))
+}
+
+/// A password needs a user name.
+fn check_credentials(options: &EtcdConnectOptions) -> std::result::Result<(), ConnectError> {
+    if options.password.is_some() && options.username.is_none() {
+        return Err(ConnectError::Options(
+            "an etcd password was given without a user name".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// etcd-client's options for `options`: the timeouts, keep-alive, TLS and
+/// credentials.
+fn connect_options(
+    options: &EtcdConnectOptions,
+    tls: Option<ec::TlsOptions>,
+) -> ec::ConnectOptions {
+    let timeout = options.request_timeout;
+    let mut connect = ec::ConnectOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout)
+        .with_keep_alive(KEEP_ALIVE_INTERVAL, timeout);
+    if let Some(tls) = tls {
+        connect = connect.with_tls(tls);
+    }
+    if let Some(user) = &options.username {
+        connect = connect.with_user(user.clone(), options.password.clone().unwrap_or_default());
+    }
+    connect
+}
+
+/// A lazily connected gRPC channel to the etcd member at `url` whose
+/// connections are streams `dial` opens to the URL's host and port, with
+/// the settings etcd-client gives its own channels (see
+/// [`connect_options`]).
+fn dialled_channel<D, F, S>(
+    url: &str,
+    options: &EtcdConnectOptions,
+    tls: Option<&ec::TlsOptions>,
+    dial: D,
+) -> std::result::Result<tonic::transport::Channel, ConnectError>
+where
+    D: Fn(String, u16) -> F + Send + Sync + 'static,
+    F: Future<Output = io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let bad = |reason: String| ConnectError::Options(format!("etcd endpoint {url:?}: {reason}"));
+    let uri: hyper::Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("not an http:// or https:// URL".to_owned())),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("no host".to_owned()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let timeout = options.request_timeout;
+    let mut endpoint = tonic::transport::Endpoint::from(uri)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true);
+    match (https, tls) {
+        (true, tls) => {
+            // Without a CA file nothing can verify the server: every
+            // request fails, as through etcd-client's own channels.
+            endpoint = endpoint
+                .tls_config(tls.cloned().unwrap_or_default())
+                .map_err(|e| bad(format!("{e}")))?;
+        }
+        (false, Some(_)) => {
+            return Err(bad(
+                "TLS files are given, but the URL is not https://".to_owned()
+            ));
+        }
+        (false, None) => {}
+    }
+    let connector = tower::service_fn(move |_: hyper::Uri| {
+        let opened = dial(host.clone(), port);
+        async move { opened.await.map(TokioIo::new) }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// One channel over several, each request going to the next in turn.
+fn in_turn(channels: Vec<tonic::transport::Channel>) -> ec::Channel {
+    let channels = Arc::new(channels);
+    let next = Arc::new(AtomicUsize::new(0));
+    let service = tower::service_fn(move |req| {
+        let i = next.fetch_add(1, Ordering::Relaxed) % channels.len();
+        let channel = channels[i].clone();
+        async move {
+            channel
+                .oneshot(req)
+                .await
+                .map_err(|e| Box::new(e) as tower::BoxError)
+        }
+    });
+    ec::Channel::Custom(tower::util::BoxCloneSyncService::new(service))
 }
 
 /// The store over a real etcd. Cheap to clone: clones share one connection.
@@ -484,12 +601,62 @@ impl EtcdKv {
         options: &EtcdConnectOptions,
     ) -> std::result::Result<Self, ConnectError> {
         let tls = tls_options(options)?;
-        if options.password.is_some() && options.username.is_none() {
-            return Err(ConnectError::Options(
-                "an etcd password was given without a user name".to_owned(),
-            ));
-        }
+        check_credentials(options)?;
         let client = EtcdKv::open(endpoints, options, tls).await?;
+        Ok(EtcdKv::from_client(client, options.request_timeout))
+    }
+
+    /// As [`EtcdKv::connect_with`], but every connection to a member is a
+    /// stream `dial(host, port)` opens (see the module docs) instead of a
+    /// TCP connection; TLS, when the options ask for it, runs inside. The
+    /// connections are made lazily, as without authentication in
+    /// [`EtcdKv::connect_with`]; opening one is bounded by the request
+    /// timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdKv::connect_with`]; also an endpoint that is not an
+    /// `http://` or `https://` URL, TLS files with an `http://` endpoint,
+    /// or no endpoint at all.
+    pub async fn connect_through<D, F, S>(
+        endpoints: &[String],
+        options: &EtcdConnectOptions,
+        dial: D,
+    ) -> std::result::Result<Self, ConnectError>
+    where
+        D: Fn(String, u16) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let tls = tls_options(options)?;
+        check_credentials(options)?;
+        let mut channels = Vec::with_capacity(endpoints.len());
+        for url in endpoints {
+            channels.push(dialled_channel(url, options, tls.as_ref(), dial.clone())?);
+        }
+        let channel = match channels.len() {
+            0 => return Err(ConnectError::Options("no etcd endpoint given".to_owned())),
+            1 => ec::Channel::Tonic(channels.remove(0)),
+            _ => in_turn(channels),
+        };
+        let connect = connect_options(options, None);
+        let op = || format!("connecting to etcd at {}", endpoints.join(","));
+        let client = match tokio::time::timeout(
+            options.request_timeout,
+            ec::Client::from_channel(channel, Some(connect)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(map_err(op(), e).into()),
+            Err(elapsed) => {
+                return Err(Error::Unavailable {
+                    op: op(),
+                    source: Box::new(elapsed),
+                }
+                .into());
+            }
+        };
         Ok(EtcdKv::from_client(client, options.request_timeout))
     }
 
@@ -499,19 +666,14 @@ impl EtcdKv {
         options: &EtcdConnectOptions,
         tls: Option<ec::TlsOptions>,
     ) -> Result<ec::Client> {
-        let timeout = options.request_timeout;
-        let mut connect = ec::ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout)
-            .with_keep_alive(KEEP_ALIVE_INTERVAL, timeout);
-        if let Some(tls) = tls {
-            connect = connect.with_tls(tls);
-        }
-        if let Some(user) = &options.username {
-            connect = connect.with_user(user.clone(), options.password.clone().unwrap_or_default());
-        }
+        let connect = connect_options(options, tls);
         let op = || format!("connecting to etcd at {}", endpoints.join(","));
-        match tokio::time::timeout(timeout, ec::Client::connect(endpoints, Some(connect))).await {
+        match tokio::time::timeout(
+            options.request_timeout,
+            ec::Client::connect(endpoints, Some(connect)),
+        )
+        .await
+        {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(map_err(op(), e)),
             Err(elapsed) => Err(Error::Unavailable {
