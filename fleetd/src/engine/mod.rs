@@ -7,6 +7,8 @@
 //!   pure and synchronous.
 //! - [`view`]: the caches' decoders and the assembly of a view from their
 //!   snapshots.
+//! - `gauges.rs`: the cluster-wide gauges of `/metrics`, from the
+//!   leader's caches.
 //! - [`leader`]: leader election — the follower loop, the leadership
 //!   lease, release on shutdown.
 //! - this file: a leadership term — caches, passes, writes.
@@ -24,13 +26,14 @@
 //! exponentially (capped).
 
 pub mod constraints;
+mod gauges;
 mod leader;
 pub mod schedule;
 pub mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -47,6 +50,7 @@ use view::{Overlay, Snapshots};
 
 use crate::config::Config;
 use crate::errors::error_chain;
+use crate::metrics::{self, EngineTask, ReconcileFailure};
 use crate::registry::cache::{CacheMode, Reflector, Store};
 use crate::registry::{self, Fence, Kv, Registry, Revision, ScheduleChange};
 use crate::schema::{MachineId, MachineRecord};
@@ -140,6 +144,8 @@ pub struct Engine<K: Kv> {
     config: EngineConfig,
     /// The latest state, written by the running loop.
     state: Arc<watch::Sender<EngineSnapshot>>,
+    /// The caches of the term in progress, for the cluster gauges.
+    term: gauges::TermCaches,
 }
 
 impl<K: Kv> Clone for Engine<K> {
@@ -149,6 +155,7 @@ impl<K: Kv> Clone for Engine<K> {
             machine: self.machine.clone(),
             config: self.config.clone(),
             state: Arc::clone(&self.state),
+            term: Arc::clone(&self.term),
         }
     }
 }
@@ -223,6 +230,7 @@ impl<K: Kv> Engine<K> {
             machine,
             config,
             state: Arc::new(watch::Sender::new(EngineSnapshot::default())),
+            term: gauges::TermCaches::default(),
         }
     }
 
@@ -254,6 +262,15 @@ impl<K: Kv> Engine<K> {
         .await
     }
 
+    /// Publishes (or, with `None`, withdraws) the caches of a term for the
+    /// cluster gauges.
+    fn set_term_caches(&self, caches: Option<gauges::Caches>) {
+        *self
+            .term
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = caches;
+    }
+
     /// One leadership term: caches, keep-alive and passes, until leadership
     /// is lost or the daemon stops.
     async fn lead(&self, fence: &Fence, cancel: &CancellationToken) -> anyhow::Result<TermEnd> {
@@ -263,6 +280,7 @@ impl<K: Kv> Engine<K> {
             s.terms += 1;
         });
         info!(term = fence.create_revision, "engine leadership acquired");
+        metrics::engine_leader_started(SystemTime::now());
         let keys = self.registry.keys().clone();
         let kv = self.registry.kv();
         let (units_r, units) = Reflector::new(
@@ -289,18 +307,32 @@ impl<K: Kv> Engine<K> {
             view::decode_metadata(keys.clone()),
         );
         let metadata_r = metadata_r.with_mode(self.config.cache);
+        // Not an input of the passes: only for the cluster gauges.
+        let (states_r, states) = Reflector::new(
+            kv.clone(),
+            keys.states_prefix(),
+            gauges::decode_state(keys.clone()),
+        );
+        let states_r = states_r.with_mode(self.config.cache);
         let stores = Stores {
             units,
             schedule,
             machines,
             metadata,
         };
+        self.set_term_caches(Some(gauges::Caches {
+            units: stores.units.clone(),
+            schedule: stores.schedule.clone(),
+            machines: stores.machines.clone(),
+            states,
+        }));
         let caches = async {
             tokio::join!(
                 units_r.run(term.clone()),
                 schedule_r.run(term.clone()),
                 machines_r.run(term.clone()),
                 metadata_r.run(term.clone()),
+                states_r.run(term.clone()),
             );
         };
         let end = tokio::select! {
@@ -309,6 +341,7 @@ impl<K: Kv> Engine<K> {
             () = caches => Ok(TermEnd::Lost("caches stopped")),
         };
         term.cancel();
+        self.set_term_caches(None);
         self.state.send_modify(|s| s.leader = false);
         if cancel.is_cancelled() {
             return Ok(TermEnd::Shutdown);
@@ -359,10 +392,12 @@ impl<K: Kv> Engine<K> {
                 debug!("caches not listed yet");
                 continue;
             }
+            let round = Instant::now();
             overlay.trim(stores.schedule.revision());
             let inputs = (stores.revisions(), overlay.len());
             if clean == Some(inputs) {
                 debug!("nothing changed since the last pass");
+                metrics::engine_round(round.elapsed());
                 continue;
             }
             passes += 1;
@@ -371,6 +406,7 @@ impl<K: Kv> Engine<K> {
                 .pass(fence, stores, &overlay, &mut unschedulable)
                 .instrument(span)
                 .await?;
+            metrics::engine_round(round.elapsed());
             match outcome {
                 PassOutcome::Clean => {
                     backoff.reset();
@@ -412,7 +448,8 @@ impl<K: Kv> Engine<K> {
         .await
         .map_err(|e| anyhow::anyhow!("the scheduler failed: {e}"))?;
         let took = started.elapsed();
-        crate::metrics::engine_pass(took, plan.unschedulable.len());
+        metrics::engine_pass(took, plan.unschedulable.len());
+        record_failures(&plan);
         if took > interval {
             warn!(
                 ?took,
@@ -440,7 +477,7 @@ impl<K: Kv> Engine<K> {
                 plan.decisions.iter().map(|d| d.change.clone()).collect();
             match self.registry.apply_schedule(fence, &changes).await {
                 Ok(revision) => {
-                    crate::metrics::engine_applied(&plan.decisions);
+                    record_tasks(&plan.decisions, true);
                     for d in &plan.decisions {
                         let (unit, machine, reason) = (d.unit(), d.machine(), &d.reason);
                         match d.change {
@@ -456,10 +493,12 @@ impl<K: Kv> Engine<K> {
                     PassOutcome::Applied(revision, plan.decisions)
                 }
                 Err(registry::Error::NotLeader) => {
+                    record_tasks(&plan.decisions, false);
                     report.applied = false;
                     PassOutcome::Deposed
                 }
                 Err(e) => {
+                    record_tasks(&plan.decisions, false);
                     report.applied = false;
                     warn!(error = %error_chain(&e), decisions = plan.decisions.len(), "cannot write the schedule; retrying");
                     PassOutcome::Failed
@@ -472,6 +511,38 @@ impl<K: Kv> Engine<K> {
         });
         Ok(outcome)
     }
+}
+
+/// Records, in the original's terms, why units are moved or left unplaced
+/// by this plan.
+fn record_failures(plan: &Plan) {
+    let (mut away, mut run) = (0, 0);
+    for d in &plan.decisions {
+        match d.reason {
+            Reason::MachineGone => away += 1,
+            Reason::CannotRun(_) => run += 1,
+            _ => {}
+        }
+    }
+    let unplaced = plan
+        .unschedulable
+        .values()
+        .filter(|b| !matches!(b, Blocked::Template))
+        .count();
+    metrics::engine_reconcile_failures(ReconcileFailure::MachineAway, away);
+    metrics::engine_reconcile_failures(ReconcileFailure::Run, run);
+    metrics::engine_reconcile_failures(ReconcileFailure::Schedule, unplaced as u64);
+}
+
+/// Records the decisions of a write, by kind, and whether it succeeded.
+fn record_tasks(decisions: &[Decision], written: bool) {
+    let put = decisions
+        .iter()
+        .filter(|d| matches!(d.change, ScheduleChange::Put { .. }))
+        .count() as u64;
+    let removed = decisions.len() as u64 - put;
+    metrics::engine_tasks(EngineTask::Schedule, put, written);
+    metrics::engine_tasks(EngineTask::Unschedule, removed, written);
 }
 
 /// What a pass achieved.
