@@ -4,7 +4,7 @@
 //! This module is a leaf: it knows no other fleetd module. Recorders take
 //! plain labels (static strings or the small enums below), and each caller
 //! maps its own events to them: the engine its passes and decisions, the
-//! agent its tasks, the registry's [`Metered`] decorator
+//! agent its tasks, the registry's `Metered` decorator
 //! (`registry/metered.rs`) its requests. The metrics are process-wide
 //! statics, so that each component records with a single call and nothing
 //! has to be threaded through constructors.
