@@ -23,7 +23,13 @@
 //! a good fraction of a second and must not stall the daemon's other tasks).
 //! Decisions are written with [`Registry::apply_schedule`] and logged at
 //! info with their reason once written; transient write failures back off
-//! exponentially (capped).
+//! exponentially (capped). A fifth cache, of `states/`, is kept for the
+//! term only for the cluster gauges of `/metrics` (`gauges.rs`); passes
+//! neither read it nor wake on it.
+//!
+//! **Metrics.** Each round (a pass, or one skipped as unchanged), the
+//! decisions tried and written, and why units were moved or left unplaced
+//! are mapped here to [`crate::metrics`]' plain labels.
 
 pub mod constraints;
 mod gauges;
