@@ -386,7 +386,7 @@ async fn run_generation(
     let kv = EtcdKv::connect_with(&config.etcd_servers, &settings.etcd)
         .await
         .context("cannot set up the etcd client")?;
-    let registry = Registry::new(crate::metrics::Metered::new(kv), &config.etcd_key_prefix);
+    let registry = Registry::new(crate::registry::Metered::new(kv), &config.etcd_key_prefix);
 
     let record = MachineRecord {
         id: machine.clone(),
@@ -418,12 +418,13 @@ async fn run_generation(
     );
     let engine = Engine::new(registry.clone(), machine.clone(), settings.engine);
     let engine_state = engine.subscribe();
-    let router = api::router(
+    let router = api::router_with_cluster(
         RegistryClient::new(registry.clone()),
         ApiOptions {
             token_limit: settings.token_limit,
             ready: ready_rx.clone(),
         },
+        engine.cluster_source(),
     );
 
     let loops = CancellationToken::new();

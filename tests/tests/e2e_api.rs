@@ -139,6 +139,17 @@ async fn curl(url: &str) -> anyhow::Result<(String, String)> {
     Ok((head.to_ascii_lowercase(), body.to_owned()))
 }
 
+/// The value of the sample `name` (without labels) in a metrics text.
+fn sample(text: &str, name: &str) -> anyhow::Result<f64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no sample {name} in\n{text}"))?;
+    line.trim()
+        .parse()
+        .with_context(|| format!("{name}: bad value {line:?}"))
+}
+
 /// What the request stream saw.
 #[derive(Debug, Default)]
 struct StreamStats {
@@ -242,25 +253,50 @@ async fn api_served_by_systemd() -> anyhow::Result<()> {
     assert!(head.contains("content-type: application/json"), "{head}");
     let doc: serde_json::Value = serde_json::from_str(&body).context("discovery is not JSON")?;
     assert_eq!(doc["servicePath"], "fleet/v1/", "{body}");
-    let (head, metrics) = curl(&format!("{endpoint}/metrics")).await?;
+    let (head, _) = curl(&format!("{endpoint}/metrics")).await?;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
         head.contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
-    for needle in [
+    // The only member leads the engine, so it has the cluster gauges, from
+    // its caches (which see the submitted unit within moments).
+    let needles = [
         "\nfleet_ready 1\n",
         "\nfleet_machines 1\n",
         "\nfleet_units{desired_state=\"inactive\",current_state=\"inactive\"} 1\n",
+        "\nfleet_cluster_scrape_success 1\n",
         "\nfleet_registry_requests_total{op=\"txn\",result=\"ok\"} ",
         "\nfleet_registry_request_duration_seconds_bucket{op=\"grant\",le=\"+Inf\"} ",
         "\nfleet_engine_reconcile_duration_seconds_count ",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "{needle:?} missing from /metrics:\n{metrics}"
-        );
-    }
+        // The original's names.
+        "\nfleet_engine_reconcile_count_total ",
+        "\nfleet_engine_reconcile_duration_second_count ",
+        "\nfleet_registry_operation_count_total{type=\"set\"} ",
+        "\nfleet_registry_operation_count_total{type=\"get_all\"} ",
+        "\nfleet_registry_operation_duration_second_bucket{ops=\"set\",le=\"+Inf\"} ",
+    ];
+    let metrics = wait_until(
+        "the metrics of the engine leader",
+        Duration::from_secs(30),
+        || async { Ok(curl(&format!("{endpoint}/metrics")).await?.1) },
+        |m: &String| needles.iter().all(|n| m.contains(n)),
+    )
+    .await?;
+    let leader_since = sample(&metrics, "fleet_engine_leader_start_time")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        leader_since > now - 3600.0 && leader_since <= now + 60.0,
+        "fleet_engine_leader_start_time {leader_since} is not a recent Unix time (now {now})"
+    );
+    // The leader reconciles every interval (1 s here), changed or not.
+    let rounds = sample(&metrics, "fleet_engine_reconcile_count_total")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, later) = curl(&format!("{endpoint}/metrics")).await?;
+    let more = sample(&later, "fleet_engine_reconcile_count_total")?;
+    assert!(more > rounds, "reconcile rounds {rounds} then {more}");
     let (head, health) = curl(&format!("{endpoint}/healthz")).await?;
     assert!(
         head.starts_with("http/1.1 200") && health == "ok",

@@ -700,7 +700,7 @@ async fn etcd_driver_through_the_tunnel() -> anyhow::Result<()> {
         .local_addr()?
         .port()
         .to_string();
-    let etcd = cluster.etcd_endpoints_for_machines()[0].clone();
+    let etcd = ssh.cluster.etcd_endpoints_for_machines()[0].clone();
     let (etcd_host, etcd_port) = etcd
         .trim_start_matches("http://")
         .rsplit_once(':')

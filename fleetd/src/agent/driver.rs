@@ -48,6 +48,7 @@ use units::UnitName;
 
 use super::error_chain;
 use super::plan::{Operation, Task};
+use crate::metrics::TaskOutcome;
 
 /// How many operations talk to systemd at once.
 pub const MAX_CONCURRENT: usize = 8;
@@ -255,14 +256,20 @@ impl<S: SystemdManager> Runner<S> {
                 outcome,
             });
         }
-        crate::metrics::agent_tasks(&Report {
-            executed: executed
-                .iter()
-                .filter(|e| !matches!(e.task, Task::Reload))
-                .cloned()
-                .collect(),
-        });
+        record_tasks(executed.iter().filter(|e| !matches!(e.task, Task::Reload)));
         executed
+    }
+}
+
+/// Records each task in the metrics, by verb and outcome.
+fn record_tasks<'a>(executed: impl IntoIterator<Item = &'a Executed>) {
+    for e in executed {
+        let outcome = match e.outcome {
+            Outcome::Done { .. } => TaskOutcome::Done,
+            Outcome::Failed { .. } => TaskOutcome::Failed,
+            Outcome::Skipped => TaskOutcome::Skipped,
+        };
+        crate::metrics::agent_task(e.task.verb(), outcome);
     }
 }
 
@@ -530,12 +537,10 @@ impl Reloads {
             Outcome::Failed { error } => Some(error.clone()),
             _ => None,
         };
-        crate::metrics::agent_tasks(&Report {
-            executed: vec![Executed {
-                task: Task::Reload,
-                outcome,
-            }],
-        });
+        record_tasks([&Executed {
+            task: Task::Reload,
+            outcome,
+        }]);
         let mut state = self.lock();
         state.running = false;
         state.finished = number;

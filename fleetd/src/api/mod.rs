@@ -62,6 +62,7 @@ pub use serve::{
 };
 
 use crate::client::RegistryClient;
+use crate::metrics::{ClusterReading, ClusterSource};
 use crate::registry::Kv;
 
 /// How the API is served.
@@ -80,6 +81,16 @@ pub struct ApiOptions {
 /// limit around all of them, and the readiness gate around all but
 /// `/metrics`.
 pub fn router<K: Kv>(client: RegistryClient<K>, opts: ApiOptions) -> Router {
+    router_with_cluster(client, opts, Arc::new(|| ClusterReading::Absent))
+}
+
+/// [`router`], with `/metrics` exporting the cluster gauges of `cluster`
+/// (the engine's [`crate::engine::Engine::cluster_source`] in the daemon).
+pub fn router_with_cluster<K: Kv>(
+    client: RegistryClient<K>,
+    opts: ApiOptions,
+    cluster: ClusterSource,
+) -> Router {
     let state = Arc::new(routes::AppState {
         client,
         token_limit: opts.token_limit.max(1),
@@ -87,6 +98,7 @@ pub fn router<K: Kv>(client: RegistryClient<K>, opts: ApiOptions) -> Router {
         units: snapshot::Slot::default(),
         states: snapshot::Slot::default(),
         machines: snapshot::Slot::default(),
+        cluster,
     });
     let server = HeaderValue::from_str(&format!("fleetd/{}", crate::VERSION))
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));

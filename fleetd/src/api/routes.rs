@@ -2,7 +2,6 @@
 //! path, each matching the method itself so that unsupported methods get the
 //! original's 405 (or, for the discovery document, 400) message.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,9 +19,10 @@ use super::page::PageToken;
 use super::snapshot::Slot;
 use crate::client::registry::{PutOutcome, UNIT_NOT_FOUND};
 use crate::client::{FleetApi, RegistryClient};
+use crate::metrics::ClusterSource;
 use crate::registry::Kv;
 use crate::schema::request::{self, MetadataChange};
-use crate::schema::{Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage};
+use crate::schema::{Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage};
 
 /// The two prefixes the API is served under.
 pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -62,6 +62,8 @@ pub(super) struct AppState<K> {
     pub states: Slot<UnitState>,
     /// The last listing of machines, for the pages after the first.
     pub machines: Slot<Machine>,
+    /// Where `/metrics` reads the cluster gauges.
+    pub cluster: ClusterSource,
 }
 
 /// Handlers' state.
@@ -184,9 +186,8 @@ async fn healthz(method: Method) -> Answer {
 }
 
 /// `GET /metrics`: fleetd's metrics in the Prometheus text format, then
-/// gauges of the cluster read from the registry at scrape time (only while
-/// fleetd is ready; `fleet_cluster_scrape_success` says whether the read
-/// worked).
+/// `fleet_ready` and, while fleetd is ready, the cluster gauges this fleetd
+/// has (the engine leader's, from its caches: nothing is read from etcd).
 async fn metrics<K: Kv>(State(s): Shared<K>, method: Method) -> Answer {
     if method != Method::GET {
         return Err(ApiError::method_not_allowed(ONLY_GET));
@@ -200,70 +201,15 @@ async fn metrics<K: Kv>(State(s): Shared<K>, method: Method) -> Answer {
         [(Vec::new(), if ready { 1.0 } else { 0.0 })],
     );
     if ready {
-        let ok = match cluster_gauges(&s.client, &mut gauges).await {
-            Ok(()) => 1.0,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the cluster state for /metrics");
-                0.0
-            }
-        };
-        gauges.family(
-            "fleet_cluster_scrape_success",
-            "Whether the cluster gauges could be read from the registry.",
-            &[],
-            [(Vec::new(), ok)],
-        );
+        gauges.cluster((s.cluster)());
     }
-    let text = crate::metrics::render() + &gauges.into_text();
+    let text = crate::metrics::render(&crate::registry::invalid::counts()) + &gauges.into_text();
     Ok((
         StatusCode::OK,
         [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response())
-}
-
-/// Units by desired and current state, unit states by systemd active state,
-/// and machines, as read from the registry now.
-async fn cluster_gauges<K: Kv>(
-    client: &RegistryClient<K>,
-    gauges: &mut crate::metrics::Gauges,
-) -> crate::client::Result<()> {
-    let units = client.units().await?;
-    let states = client.unit_states_matching(None, None).await?;
-    let machines = client.machines().await?;
-    let mut by_state: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for unit in &units {
-        let name = |s: Option<TargetState>| s.map(|s| s.to_string()).unwrap_or_default();
-        *by_state
-            .entry((name(unit.desired_state), name(unit.current_state)))
-            .or_default() += 1.0;
-    }
-    gauges.family(
-        "fleet_units",
-        "Units in the cluster, by desired and current state.",
-        &["desired_state", "current_state"],
-        by_state.into_iter().map(|((d, c), n)| (vec![d, c], n)),
-    );
-    let mut active: BTreeMap<String, f64> = BTreeMap::new();
-    for state in &states {
-        *active
-            .entry(state.systemd_active_state.clone())
-            .or_default() += 1.0;
-    }
-    gauges.family(
-        "fleet_unit_states",
-        "Unit states reported by the machines' agents, by systemd active state.",
-        &["active_state"],
-        active.into_iter().map(|(a, n)| (vec![a], n)),
-    );
-    gauges.family(
-        "fleet_machines",
-        "Machines registered in the cluster.",
-        &[],
-        [(Vec::new(), machines.len() as f64)],
-    );
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------

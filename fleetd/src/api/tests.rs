@@ -775,3 +775,58 @@ async fn flood_connections_are_cut_after_the_header_timeout() {
     normal_get(&s.tcp).await;
     s.shutdown().await;
 }
+
+/// `/metrics` takes the cluster gauges from its source (the engine
+/// leader's caches in the daemon) and sends no request to the store: with
+/// every store request failing, the gauges are still there.
+#[tokio::test]
+async fn metrics_scrape_reads_nothing_from_the_store() {
+    use crate::metrics::{ClusterGauges, ClusterReading};
+    let kv = MemKv::new();
+    let registry = Registry::new(kv.clone(), "/t/");
+    let (_ready_tx, ready_rx) = watch::channel(true);
+    let gauges = ClusterGauges {
+        units: [(("launched".to_owned(), "launched".to_owned()), 2)].into(),
+        unit_states: [("active".to_owned(), 2)].into(),
+        machines: 1,
+    };
+    let app = router_with_cluster(
+        RegistryClient::new(registry),
+        ApiOptions {
+            token_limit: 100,
+            ready: ready_rx,
+        },
+        std::sync::Arc::new(move || ClusterReading::Ready(gauges.clone())),
+    );
+    let listener = bind_tcp("127.0.0.1:0").await.unwrap();
+    let addr = listener.tcp_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(app, vec![listener], async move {
+        let _ = stop_rx.await;
+    }));
+    kv.set_unavailable(true);
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header(HOST, "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "\nfleet_units{desired_state=\"launched\",current_state=\"launched\"} 2\n",
+        "\nfleet_unit_states{active_state=\"active\"} 2\n",
+        "\nfleet_machines 1\n",
+        "\nfleet_cluster_scrape_success 1\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    drop(sender);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}

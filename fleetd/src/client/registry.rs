@@ -76,7 +76,7 @@ fn is_global(record: &UnitRecord, file: &UnitFile) -> bool {
 }
 
 /// The `currentState` of a non-global unit (see the module doc).
-fn current_state(
+pub(crate) fn current_state(
     record_hash: impl FnOnce() -> units::UnitHash,
     target: Option<&MachineId>,
     state: Option<&UnitStateRecord>,

@@ -7,22 +7,11 @@
 //!   pure and synchronous.
 //! - [`view`]: the caches' decoders and the assembly of a view from their
 //!   snapshots.
-//! - this file: the loop — leadership, caches, passes, writes.
-//!
-//! **Leadership.** The engine has its own lease (TTL = 5 ×
-//! `engine_reconcile_interval`, refreshed every TTL/3), separate from the
-//! machine's presence lease. A follower watches the leader key (a cache of
-//! one key) and, whenever it is vacant (on its deletion and on every tick),
-//! grants a lease and tries [`Registry::acquire_leadership`]; while a leader
-//! holds the key followers send nothing, where the original had every
-//! machine read the key every tick. A leader holds a [`Fence`] for its
-//! term, and every schedule write is fenced by it, so a deposed leader can
-//! never write again. A term ends when the lease cannot be refreshed within
-//! its TTL, when [`Registry::is_leader`] says the key belongs to someone
-//! else, or when a write comes back `NotLeader`; the term's
-//! [`CancellationToken`] (a child of the loop's) stops its caches and any
-//! pass in flight. On shutdown the leader releases the key and revokes the
-//! lease, so another engine takes over at once.
+//! - `gauges.rs`: the cluster-wide gauges of `/metrics`, from the
+//!   leader's caches.
+//! - [`leader`]: leader election — the follower loop, the leadership
+//!   lease, release on shutdown.
+//! - this file: a leadership term — caches, passes, writes.
 //!
 //! **Passes.** While leading, four watched caches (`units/`, `schedule/`,
 //! `machines/`, `metadata/`) are listed once per term and then followed.
@@ -34,15 +23,23 @@
 //! a good fraction of a second and must not stall the daemon's other tasks).
 //! Decisions are written with [`Registry::apply_schedule`] and logged at
 //! info with their reason once written; transient write failures back off
-//! exponentially (capped).
+//! exponentially (capped). A fifth cache, of `states/`, is kept for the
+//! term only for the cluster gauges of `/metrics` (`gauges.rs`); passes
+//! neither read it nor wake on it.
+//!
+//! **Metrics.** Each round (a pass, or one skipped as unchanged), the
+//! decisions tried and written, and why units were moved or left unplaced
+//! are mapped here to [`crate::metrics`]' plain labels.
 
 pub mod constraints;
+mod gauges;
+mod leader;
 pub mod schedule;
 pub mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -51,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 use units::UnitName;
 
+use leader::TermEnd;
 pub use schedule::{
     Blocked, ClusterView, Decision, MachineView, Plan, Reason, UnitView, decide, plan,
 };
@@ -58,14 +56,11 @@ use view::{Overlay, Snapshots};
 
 use crate::config::Config;
 use crate::errors::error_chain;
+use crate::metrics::{self, EngineTask, ReconcileFailure};
 use crate::registry::cache::{CacheMode, Reflector, Store};
-use crate::registry::{self, Fence, Kv, LeaseId, ParsedKey, Registry, Revision, ScheduleChange};
+use crate::registry::{self, Fence, Kv, Registry, Revision, ScheduleChange};
 use crate::retry;
 use crate::schema::{MachineId, MachineRecord};
-
-/// How long shutdown waits for each of releasing the leader key and
-/// revoking the lease.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The engine's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +146,8 @@ pub struct Engine<K: Kv> {
     config: EngineConfig,
     /// The latest state, written by the running loop.
     state: Arc<watch::Sender<EngineSnapshot>>,
+    /// The caches of the term in progress, for the cluster gauges.
+    term: gauges::TermCaches,
 }
 
 impl<K: Kv> Clone for Engine<K> {
@@ -160,17 +157,9 @@ impl<K: Kv> Clone for Engine<K> {
             machine: self.machine.clone(),
             config: self.config.clone(),
             state: Arc::clone(&self.state),
+            term: Arc::clone(&self.term),
         }
     }
-}
-
-/// How a leadership term ended.
-#[derive(Debug)]
-enum TermEnd {
-    /// The daemon is stopping: release leadership.
-    Shutdown,
-    /// Leadership is gone (why); try again next tick.
-    Lost(&'static str),
 }
 
 /// The four caches of a term.
@@ -220,6 +209,7 @@ impl<K: Kv> Engine<K> {
             machine,
             config,
             state: Arc::new(watch::Sender::new(EngineSnapshot::default())),
+            term: gauges::TermCaches::default(),
         }
     }
 
@@ -251,113 +241,13 @@ impl<K: Kv> Engine<K> {
         .await
     }
 
-    /// The follower loop: watch the leader key; when it is vacant, take a
-    /// lease and try to take the key. Followers send nothing to etcd while
-    /// a leader holds the key (one watch each), so thousands of machines do
-    /// not poll it every tick.
-    async fn compete(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let keys = self.registry.keys().clone();
-        // A stale leader key (no lease, or no machine ID in it) reads as
-        // vacant, so the followers compete and clear it.
-        let (reflector, leader) = Reflector::new_kv(
-            self.registry.kv().clone(),
-            keys.leader(),
-            move |kv| match keys.parse(&kv.key)? {
-                ParsedKey::Leader => registry::leader::holder(kv),
-                _ => None,
-            },
-        );
-        let reflector = reflector.with_mode(self.config.cache);
-        // The cache stops only after `follow` has returned (a leader must
-        // release before the loop ends), hence its own token.
-        let stop_cache = CancellationToken::new();
-        let result = tokio::select! {
-            () = reflector.run(stop_cache.clone()) => Ok(()),
-            result = self.follow(&leader, cancel) => result,
-        };
-        stop_cache.cancel();
-        result
-    }
-
-    /// Try to lead whenever the (cached) leader key is vacant, on its
-    /// changes and on every tick.
-    async fn follow(
-        &self,
-        leader: &Store<MachineId>,
-        cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut changes = leader.subscribe();
-        let mut tick = tokio::time::interval(self.config.reconcile_interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut backoff = retry::ENGINE;
-        let mut retry_at: Option<Instant> = None;
-        let mut last_leader: Option<Arc<MachineId>> = None;
-        loop {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Ok(()),
-                () = async { tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)).await },
-                    if retry_at.is_some() => retry_at = None,
-                _ = changes.changed() => {}
-                _ = tick.tick() => {}
-            }
-            if retry_at.is_some() || !leader.is_ready() {
-                continue;
-            }
-            let holder = leader.snapshot().values().next().cloned();
-            if holder != last_leader {
-                match &holder {
-                    Some(id) => info!(leader = %id, "engine leader"),
-                    None => debug!("no engine leads"),
-                }
-                last_leader.clone_from(&holder);
-            }
-            if holder.is_some() {
-                continue;
-            }
-            match self.attempt().await {
-                Ok(Some(fence)) => {
-                    backoff.reset();
-                    match self.lead(&fence, cancel).await {
-                        Err(e) => {
-                            self.release(&fence).await;
-                            return Err(e);
-                        }
-                        Ok(TermEnd::Shutdown) => {
-                            self.release(&fence).await;
-                            return Ok(());
-                        }
-                        Ok(TermEnd::Lost(why)) => {
-                            warn!(reason = why, "engine leadership lost");
-                            self.state.send_modify(|s| {
-                                s.terms_lost += 1;
-                                s.last_loss = Some(why.to_owned());
-                            });
-                            // The lease may still live: revoke it, so a
-                            // leader key it holds (if still ours) goes too.
-                            self.revoke(fence.lease).await;
-                        }
-                    }
-                }
-                Ok(None) => backoff.reset(),
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %error_chain(&e), ?delay, "cannot compete for engine leadership; retrying");
-                    retry_at = Some(Instant::now() + delay);
-                }
-            }
-        }
-    }
-
-    /// Grant a lease and try to take the leader key with it; the lease is
-    /// revoked unless it won.
-    async fn attempt(&self) -> registry::Result<Option<Fence>> {
-        let lease = self.registry.grant_lease(self.config.lease_ttl()).await?;
-        let won = self.registry.acquire_leadership(&self.machine, lease).await;
-        if !matches!(won, Ok(Some(_))) {
-            self.revoke(lease).await;
-        }
-        won
+    /// Publishes (or, with `None`, withdraws) the caches of a term for the
+    /// cluster gauges.
+    fn set_term_caches(&self, caches: Option<gauges::Caches>) {
+        *self
+            .term
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = caches;
     }
 
     /// One leadership term: caches, keep-alive and passes, until leadership
@@ -369,6 +259,7 @@ impl<K: Kv> Engine<K> {
             s.terms += 1;
         });
         info!(term = fence.create_revision, "engine leadership acquired");
+        metrics::engine_leader_started(SystemTime::now());
         let keys = self.registry.keys().clone();
         let (units_r, units) = self.cache(keys.units_prefix(), view::decode_unit(keys.clone()));
         let (schedule_r, schedule) =
@@ -377,18 +268,28 @@ impl<K: Kv> Engine<K> {
             self.cache(keys.machines_prefix(), view::decode_machine(keys.clone()));
         let (metadata_r, metadata) =
             self.cache(keys.metadata_prefix(), view::decode_metadata(keys.clone()));
+        // Not an input of the passes: only for the cluster gauges.
+        let (states_r, states) =
+            self.cache(keys.states_prefix(), gauges::decode_state(keys.clone()));
         let stores = Stores {
             units,
             schedule,
             machines,
             metadata,
         };
+        self.set_term_caches(Some(gauges::Caches {
+            units: stores.units.clone(),
+            schedule: stores.schedule.clone(),
+            machines: stores.machines.clone(),
+            states,
+        }));
         let caches = async {
             tokio::join!(
                 units_r.run(term.clone()),
                 schedule_r.run(term.clone()),
                 machines_r.run(term.clone()),
                 metadata_r.run(term.clone()),
+                states_r.run(term.clone()),
             );
         };
         let end = tokio::select! {
@@ -397,6 +298,7 @@ impl<K: Kv> Engine<K> {
             () = caches => Ok(TermEnd::Lost("caches stopped")),
         };
         term.cancel();
+        self.set_term_caches(None);
         self.state.send_modify(|s| s.leader = false);
         if cancel.is_cancelled() {
             return Ok(TermEnd::Shutdown);
@@ -412,32 +314,6 @@ impl<K: Kv> Engine<K> {
     ) -> (Reflector<K, T>, Store<T>) {
         let (reflector, store) = Reflector::new(self.registry.kv().clone(), prefix, decode);
         (reflector.with_mode(self.config.cache), store)
-    }
-
-    /// Keep the engine lease alive and check the leader key every TTL/3;
-    /// returns why leadership is gone (or that the term ended).
-    async fn hold(&self, fence: &Fence, term: &CancellationToken) -> &'static str {
-        let ttl = self.config.lease_ttl();
-        let mut refreshed = Instant::now();
-        loop {
-            tokio::select! {
-                () = term.cancelled() => return "term ended",
-                () = tokio::time::sleep(ttl / 3) => {}
-            }
-            match self.registry.keep_alive(fence.lease).await {
-                Ok(_) => refreshed = Instant::now(),
-                Err(registry::Error::LeaseNotFound(_)) => return "engine lease expired",
-                Err(e) => warn!(error = %error_chain(&e), "cannot refresh the engine lease"),
-            }
-            if refreshed.elapsed() >= ttl {
-                return "engine lease not refreshed within its TTL";
-            }
-            match self.registry.is_leader(fence).await {
-                Ok(true) => {}
-                Ok(false) => return "the leader key belongs to another term",
-                Err(e) => warn!(error = %error_chain(&e), "cannot check engine leadership"),
-            }
-        }
     }
 
     /// Passes, on cache changes and ticks, until the term ends.
@@ -483,10 +359,12 @@ impl<K: Kv> Engine<K> {
                 debug!("caches not listed yet");
                 continue;
             }
+            let round = Instant::now();
             overlay.trim(stores.schedule.revision());
             let inputs = (stores.revisions(), overlay.len());
             if clean == Some(inputs) {
                 debug!("nothing changed since the last pass");
+                metrics::engine_round(round.elapsed());
                 continue;
             }
             passes += 1;
@@ -495,6 +373,7 @@ impl<K: Kv> Engine<K> {
                 .pass(fence, stores, &overlay, &mut unschedulable)
                 .instrument(span)
                 .await?;
+            metrics::engine_round(round.elapsed());
             match outcome {
                 PassOutcome::Clean => {
                     backoff.reset();
@@ -536,7 +415,8 @@ impl<K: Kv> Engine<K> {
         .await
         .map_err(|e| anyhow::anyhow!("the scheduler failed: {e}"))?;
         let took = started.elapsed();
-        crate::metrics::engine_pass(took, plan.unschedulable.len());
+        metrics::engine_pass(took, plan.unschedulable.len());
+        record_failures(&plan);
         if took > interval {
             warn!(
                 ?took,
@@ -564,7 +444,7 @@ impl<K: Kv> Engine<K> {
                 plan.decisions.iter().map(|d| d.change.clone()).collect();
             match self.registry.apply_schedule(fence, &changes).await {
                 Ok(revision) => {
-                    crate::metrics::engine_applied(&plan.decisions);
+                    record_tasks(&plan.decisions, true);
                     for d in &plan.decisions {
                         let (unit, machine, reason) = (d.unit(), d.machine(), &d.reason);
                         match d.change {
@@ -580,10 +460,12 @@ impl<K: Kv> Engine<K> {
                     PassOutcome::Applied(revision, plan.decisions)
                 }
                 Err(registry::Error::NotLeader) => {
+                    record_tasks(&plan.decisions, false);
                     report.applied = false;
                     PassOutcome::Deposed
                 }
                 Err(e) => {
+                    record_tasks(&plan.decisions, false);
                     report.applied = false;
                     warn!(error = %error_chain(&e), decisions = plan.decisions.len(), "cannot write the schedule; retrying");
                     PassOutcome::Failed
@@ -596,30 +478,38 @@ impl<K: Kv> Engine<K> {
         });
         Ok(outcome)
     }
+}
 
-    /// Give leadership up: delete the key, revoke the lease (best effort,
-    /// each bounded by [`RELEASE_TIMEOUT`]).
-    async fn release(&self, fence: &Fence) {
-        match tokio::time::timeout(RELEASE_TIMEOUT, self.registry.release_leadership(fence)).await {
-            Ok(Ok(())) => info!("engine leadership released"),
-            Ok(Err(e)) => {
-                warn!(error = %error_chain(&e), "cannot release engine leadership; it expires with the lease");
-            }
-            Err(_) => warn!("releasing engine leadership timed out; it expires with the lease"),
-        }
-        self.revoke(fence.lease).await;
-    }
-
-    /// Revoke the engine lease, best effort.
-    async fn revoke(&self, lease: LeaseId) {
-        match tokio::time::timeout(RELEASE_TIMEOUT, self.registry.revoke_lease(lease)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(error = %error_chain(&e), "cannot revoke the engine lease; it expires");
-            }
-            Err(_) => debug!("revoking the engine lease timed out; it expires"),
+/// Records, in the original's terms, why units are moved or left unplaced
+/// by this plan.
+fn record_failures(plan: &Plan) {
+    let (mut away, mut run) = (0, 0);
+    for d in &plan.decisions {
+        match d.reason {
+            Reason::MachineGone => away += 1,
+            Reason::CannotRun(_) => run += 1,
+            _ => {}
         }
     }
+    let unplaced = plan
+        .unschedulable
+        .values()
+        .filter(|b| !matches!(b, Blocked::Template))
+        .count();
+    metrics::engine_reconcile_failures(ReconcileFailure::MachineAway, away);
+    metrics::engine_reconcile_failures(ReconcileFailure::Run, run);
+    metrics::engine_reconcile_failures(ReconcileFailure::Schedule, unplaced as u64);
+}
+
+/// Records the decisions of a write, by kind, and whether it succeeded.
+fn record_tasks(decisions: &[Decision], written: bool) {
+    let put = decisions
+        .iter()
+        .filter(|d| matches!(d.change, ScheduleChange::Put { .. }))
+        .count() as u64;
+    let removed = decisions.len() as u64 - put;
+    metrics::engine_tasks(EngineTask::Schedule, put, written);
+    metrics::engine_tasks(EngineTask::Unschedule, removed, written);
 }
 
 /// What a pass achieved.

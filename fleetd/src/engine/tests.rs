@@ -470,3 +470,75 @@ async fn a_pass_with_unchanged_inputs_is_skipped() {
     assert!(engine.snapshot().passes > before);
     stop(cancel, handle).await;
 }
+
+/// The leader computes the cluster gauges from its caches (units by desired
+/// and current state, unit states, machines); a follower has none.
+#[tokio::test(start_paused = true)]
+async fn the_leader_has_the_cluster_gauges_and_a_follower_none() {
+    use crate::metrics::{ClusterGauges, ClusterReading};
+    let r = registry();
+    let lease = machine(&r, "m1", Duration::from_secs(3600), &[]).await;
+    let e1 = Engine::new(r.clone(), mid("m1"), config(1));
+    let e2 = Engine::new(r.clone(), mid("m2"), config(1));
+    assert_eq!((e1.cluster_source())(), ClusterReading::Absent);
+    let (c1, h1) = start(&e1);
+    eventually("m1 to lead", || async {
+        if e1.snapshot().leader {
+            Ok(())
+        } else {
+            Err(format!("{:?}", e1.snapshot()))
+        }
+    })
+    .await;
+    let (c2, h2) = start(&e2);
+    unit(&r, "run.service", TargetState::Launched, &[]).await;
+    unit(&r, "idle.service", TargetState::Inactive, &[]).await;
+    eventually("run.service scheduled", || async {
+        placed_on(&r, &[("run.service", &["m1"])]).await
+    })
+    .await;
+    let hash = r
+        .unit(&uname("run.service"))
+        .await
+        .expect("read")
+        .expect("the unit")
+        .value
+        .file()
+        .hash();
+    r.publish_state(
+        lease,
+        &crate::schema::UnitStateRecord {
+            name: uname("run.service"),
+            machine_id: mid("m1"),
+            load_state: "loaded".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            unit_hash: hash,
+            job_state: TargetState::Launched,
+        },
+    )
+    .await
+    .expect("publish");
+    let want = ClusterReading::Ready(ClusterGauges {
+        units: BTreeMap::from([
+            (("inactive".to_owned(), "inactive".to_owned()), 1),
+            (("launched".to_owned(), "launched".to_owned()), 1),
+        ]),
+        unit_states: BTreeMap::from([("active".to_owned(), 1)]),
+        machines: 1,
+    });
+    let source = e1.cluster_source();
+    eventually("the leader's gauges", || async {
+        let got = source();
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    assert_eq!((e2.cluster_source())(), ClusterReading::Absent);
+    stop(c2, h2).await;
+    stop(c1, h1).await;
+    assert_eq!(source(), ClusterReading::Absent, "the term is over");
+}

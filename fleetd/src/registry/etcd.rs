@@ -88,7 +88,8 @@ use tower::ServiceExt;
 
 use super::keys::kind_of;
 use super::kv::{
-    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
+    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, RangeRequest, Txn,
+    TxnResponse, WatchStream,
 };
 use super::{Cause, Error, Result, Revision, invalid};
 use crate::retry;
@@ -957,20 +958,15 @@ impl Kv for EtcdKv {
         Ok((found, Revision(header_revision(resp.header()))))
     }
 
-    async fn range(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        at: Option<Revision>,
-    ) -> Result<RangePage> {
-        let start = match after {
+    async fn read_range(&self, req: RangeRequest<'_>) -> Result<RangePage> {
+        let (prefix, limit) = (req.prefix, req.limit);
+        let start = match req.after {
             Some(a) => after_key(a.as_bytes()),
             None => prefix_start(prefix),
         };
         // `limit` 0 means "no limit" to etcd: one response for everything,
         // which may not fit; `list` pages instead.
-        match self.range_raw(prefix, start, limit, at).await? {
+        match self.range_raw(prefix, start, limit, req.at).await? {
             Some(raw) => Ok(raw.page),
             None => Err(Error::Rejected {
                 op: format!("reading {prefix}"),

@@ -27,6 +27,19 @@ pub struct KeyValue {
     pub lease: Option<LeaseId>,
 }
 
+/// What a range read asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeRequest<'a> {
+    /// Only keys under this prefix.
+    pub prefix: &'a str,
+    /// Only keys sorting strictly after this one (`None`: from the start).
+    pub after: Option<&'a str>,
+    /// At most this many keys (0: no limit).
+    pub limit: usize,
+    /// At this revision (`None`: the current one).
+    pub at: Option<Revision>,
+}
+
 /// One page of a range read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangePage {
@@ -137,15 +150,26 @@ pub trait Kv: Clone + Send + Sync + 'static {
     /// Read one key at the current revision.
     fn get(&self, key: &str) -> impl Future<Output = Result<(Option<KeyValue>, Revision)>> + Send;
 
+    /// Read one page of keys, as `req` asks.
+    fn read_range(&self, req: RangeRequest<'_>) -> impl Future<Output = Result<RangePage>> + Send;
+
     /// Read up to `limit` keys under `prefix` that sort strictly after
-    /// `after` (or from the start), at revision `at` (or the current one).
-    fn range(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
+    /// `after` (or from the start), at revision `at` (or the current one):
+    /// [`Kv::read_range`] with its request spelled out.
+    fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
         limit: usize,
         at: Option<Revision>,
-    ) -> impl Future<Output = Result<RangePage>> + Send;
+    ) -> impl Future<Output = Result<RangePage>> + Send + 'a {
+        self.read_range(RangeRequest {
+            prefix,
+            after,
+            limit,
+            at,
+        })
+    }
 
     /// Every key under `prefix`, consistently as of one revision (read in
     /// pages by the implementation).

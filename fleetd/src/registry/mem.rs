@@ -52,7 +52,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::kv::{
-    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
+    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, RangeRequest, Txn,
+    TxnResponse, WatchStream,
 };
 use super::{Cause, Error, Result, Revision};
 
@@ -653,18 +654,19 @@ impl Kv for MemKv {
         ))
     }
 
-    async fn range(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        at: Option<Revision>,
-    ) -> Result<RangePage> {
+    async fn read_range(&self, req: RangeRequest<'_>) -> Result<RangePage> {
+        let (prefix, at) = (req.prefix, req.at);
         let op = format!("reading {prefix}");
         let st = self.begin(&op)?;
         let view = st.view(&op, prefix, at)?;
-        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
-        let limit = if limit == 0 { usize::MAX } else { limit };
+        let start = req
+            .after
+            .map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit
+        };
         let mut iter = view
             .range::<String, _>((start, Bound::Unbounded))
             .map(|(_, kv)| kv.clone());

@@ -20,6 +20,8 @@
 //!   typed operations of [`Registry`], one concern per file.
 //! - `cache.rs`: a watched, typed cache of a key prefix (list, then watch from
 //!   the next revision; relist on compaction), read through cheap snapshots.
+//! - `metered.rs` (daemon only): [`Metered`], the `Kv` decorator that
+//!   records every request in the daemon's metrics.
 //! - `invalid.rs`: what every reader does with a value fleet did not write
 //!   (garbage, the wrong JSON, non-UTF-8 bytes): skip it, log it, count it.
 //!
@@ -36,6 +38,8 @@ pub mod kv;
 pub mod leader;
 pub mod machines;
 pub mod mem;
+#[cfg(feature = "daemon")]
+mod metered;
 pub mod schedule;
 pub mod states;
 pub mod units;
@@ -44,11 +48,14 @@ pub use cache::{Reflector, Store};
 pub use etcd::EtcdKv;
 pub use keys::{Keys, ParsedKey, kind_of};
 pub use kv::{
-    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, Txn, TxnResponse, WatchStream,
+    Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, RangeRequest, Txn,
+    TxnResponse, WatchStream,
 };
 pub use leader::Fence;
 pub use machines::merge_metadata;
 pub use mem::MemKv;
+#[cfg(feature = "daemon")]
+pub use metered::Metered;
 pub use schedule::ScheduleChange;
 
 use std::fmt;
