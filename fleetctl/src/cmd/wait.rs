@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use fleetd::client::FleetApi;
-use fleetd::schema::TargetState;
+use fleetd::schema::{TargetState, Unit};
 use tokio::time::Instant;
 
 use super::Ctx;
@@ -87,6 +87,18 @@ where
     }
 }
 
+/// `GET /units/<name>`: whether the unit exists, or `None` when the request
+/// failed (logged; the wait polls again).
+async fn fetch_unit<A: FleetApi>(api: &A, name: &str) -> Option<Option<Unit>> {
+    match api.unit(name).await {
+        Ok(found) => Some(found),
+        Err(err) => {
+            tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
+            None
+        }
+    }
+}
+
 /// Waits until each unit's fleet state is `want` (its desired state for a
 /// global unit, which has no current state), printing `Unit <name>
 /// <current state>[ on <machine>]` as each arrives (Go's
@@ -102,16 +114,12 @@ pub async fn unit_states<'c, A: FleetApi>(
         names,
         budget,
         async |ctx: &mut Ctx<'c, A>, name: &str| {
-            let unit = match ctx.api.unit(name).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    tracing::warn!(unit = %name, "unit not found");
-                    return Ok(None);
-                }
-                Err(err) => {
-                    tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
-                    return Ok(None);
-                }
+            let Some(found) = fetch_unit(ctx.api, name).await else {
+                return Ok(None);
+            };
+            let Some(unit) = found else {
+                tracing::warn!(unit = %name, "unit not found");
+                return Ok(None);
             };
             let state = if units_io::is_global(&unit) {
                 unit.desired_state
@@ -122,12 +130,18 @@ pub async fn unit_states<'c, A: FleetApi>(
                 tracing::debug!(unit = %name, ?state, %want, "waiting for unit state");
                 return Ok(None);
             }
-            let current = unit.current_state.map(|s| s.to_string()).unwrap_or_default();
+            let current = unit
+                .current_state
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             let mut msg = format!("Unit {name} {current}");
             if !unit.machine_id.is_empty() {
                 let machines = ctx.machines().await;
                 if machines.contains_key(&unit.machine_id) {
-                    msg = format!("{msg} on {}", render::machine_legend(&unit.machine_id, machines, false));
+                    msg = format!(
+                        "{msg} on {}",
+                        render::machine_legend(&unit.machine_id, machines, false)
+                    );
                 }
             }
             ctx.ui.say(msg)?;
@@ -185,13 +199,9 @@ pub async fn destroyed<'c, A: FleetApi>(
         ctx,
         &[name.to_owned()],
         budget,
-        async |ctx: &mut Ctx<'c, A>, name: &str| match ctx.api.unit(name).await {
-            Ok(None) => Ok(Some(Ok(()))),
-            Ok(Some(_)) => Ok(None),
-            Err(err) => {
-                tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
-                Ok(None)
-            }
+        async |ctx: &mut Ctx<'c, A>, name: &str| match fetch_unit(ctx.api, name).await {
+            Some(None) => Ok(Some(Ok(()))),
+            Some(Some(_)) | None => Ok(None),
         },
         |name| format!("timed out waiting for unit {name} to be destroyed"),
     )
