@@ -29,13 +29,10 @@ use crate::render::UnitFacts;
 use crate::ui::Ui;
 
 /// Go's `maybeAppendDefaultUnitType`: appends `.service` to the whole
-/// argument unless it ends in a suffix the agent loads.
+/// argument unless it ends in a suffix the agent loads
+/// ([`units::append_default_type`]).
 pub fn append_default_type(arg: &str) -> String {
-    if units::is_agent_suffix(arg) {
-        arg.to_owned()
-    } else {
-        format!("{arg}.service")
-    }
+    units::append_default_type(arg)
 }
 
 /// The unit name an argument stands for ([`units::mangle_name`]).
