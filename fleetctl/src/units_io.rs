@@ -29,13 +29,10 @@ use crate::render::UnitFacts;
 use crate::ui::Ui;
 
 /// Go's `maybeAppendDefaultUnitType`: appends `.service` to the whole
-/// argument unless it ends in a suffix the agent loads.
+/// argument unless it ends in a suffix the agent loads
+/// ([`units::append_default_type`]).
 pub fn append_default_type(arg: &str) -> String {
-    if units::is_agent_suffix(arg) {
-        arg.to_owned()
-    } else {
-        format!("{arg}.service")
-    }
+    units::append_default_type(arg)
 }
 
 /// The unit name an argument stands for ([`units::mangle_name`]).
@@ -309,6 +306,13 @@ mod tests {
             .block_on(f)
     }
 
+    /// Writes `text` to the file `name` in `dir`; its path.
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
     /// [`unit_file_for`] on the file at `path`, with an empty registry and
     /// warnings discarded.
     fn from_disk(path: &Path) -> anyhow::Result<UnitFile> {
@@ -341,8 +345,11 @@ mod tests {
     #[test]
     fn local_files_win() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hello.service");
-        fs::write(&path, "[Service]\nExecStart=/bin/true\n").unwrap();
+        let path = write(
+            dir.path(),
+            "hello.service",
+            "[Service]\nExecStart=/bin/true\n",
+        );
         let file = from_disk(&path).unwrap();
         assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/true\n");
     }
@@ -350,8 +357,11 @@ mod tests {
     #[test]
     fn bad_files_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.service");
-        fs::write(&path, "[Service]\nExecStart=/bin/true\ngarbage\n").unwrap();
+        let path = write(
+            dir.path(),
+            "bad.service",
+            "[Service]\nExecStart=/bin/true\ngarbage\n",
+        );
         let arg = path.to_str().unwrap().to_owned();
         let err = from_disk(&path).unwrap_err();
         let msg = format!("{err:#}");
@@ -382,8 +392,7 @@ mod tests {
                 "value ends in a backslash, which would join it to the next line",
             ),
         ] {
-            let path = dir.path().join("bad.service");
-            fs::write(&path, text).unwrap();
+            let path = write(dir.path(), "bad.service", text);
             let arg = path.to_str().unwrap().to_owned();
             let err = from_disk(&path).unwrap_err();
             assert_eq!(
@@ -395,8 +404,11 @@ mod tests {
             );
         }
         // Whitespace around values is trimmed, as the API stores it.
-        let path = dir.path().join("spaced.service");
-        fs::write(&path, "[Service]\nExecStart= /bin/sleep 1000 \n").unwrap();
+        let path = write(
+            dir.path(),
+            "spaced.service",
+            "[Service]\nExecStart= /bin/sleep 1000 \n",
+        );
         let file = from_disk(&path).unwrap();
         assert_eq!(file.canonical(), "[Service]\nExecStart=/bin/sleep 1000\n");
     }
@@ -459,8 +471,7 @@ mod tests {
     #[test]
     fn local_comparison() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.service");
-        fs::write(&path, "[Service]\nExecStart=/bin/a\n").unwrap();
+        let path = write(dir.path(), "a.service", "[Service]\nExecStart=/bin/a\n");
         let arg = path.to_str().unwrap();
         let same = Registry::with(&[("a.service", "[Service]\n# comment\nExecStart=/bin/a\n")]);
         let su = same.0.lock().unwrap()["a.service"].clone();

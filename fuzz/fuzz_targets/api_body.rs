@@ -12,6 +12,7 @@
 
 #![no_main]
 
+use fleet_fuzz::reparse_canonical;
 use fleetd::schema::request::{self, MetadataChange};
 use libfuzzer_sys::fuzz_target;
 use units::{UnitFile, UnitName, validate_options};
@@ -63,13 +64,5 @@ fn check_unit(name: &str, options: Vec<fleetd::schema::UnitOption>) {
     if validate_options(&name, &file).is_err() {
         return;
     }
-    let canonical = file.canonical();
-    let stored = UnitFile::parse(&canonical)
-        .unwrap_or_else(|e| panic!("accepted unit's text {canonical:?} does not parse: {e}"));
-    assert_eq!(
-        stored.canonical(),
-        canonical,
-        "accepted unit's text {canonical:?} parses to other content"
-    );
-    assert_eq!(stored.hash(), file.hash());
+    reparse_canonical(&file, "accepted unit's text");
 }

@@ -235,6 +235,20 @@ pub struct ProcessUnit {
     pub restart: Option<String>,
 }
 
+/// A proxy of type `P` for the object at `path` without a property cache:
+/// each property is read from systemd when asked, as these objects are
+/// looked at once and their values change under us.
+async fn uncached<P>(conn: &zbus::Connection, path: zbus::OwnedObjectPath) -> zbus::Result<P>
+where
+    P: From<zbus::Proxy<'static>> + zbus::proxy::Defaults,
+{
+    zbus::proxy::Builder::<P>::new(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+}
+
 impl DbusManager {
     /// The unit process `pid` belongs to (`GetUnitByPID`), with its pending job and, for a
     /// service, its main PID and `Restart=`.
@@ -246,10 +260,7 @@ impl DbusManager {
             .get_unit_by_pid(pid)
             .await
             .map_err(|e| bus.classify("GetUnitByPID", None, e))?;
-        let unit = UnitProxy::builder(&bus.conn)
-            .path(path.clone())
-            .cache_properties(CacheProperties::No)
-            .build()
+        let unit = uncached::<UnitProxy>(&bus.conn, path.clone())
             .await
             .map_err(|e| bus.classify("GetUnitByPID", None, e))?;
         let name = unit.id().await.map_err(|e| bus.classify("Id", None, e))?;
@@ -261,10 +272,7 @@ impl DbusManager {
             None
         } else {
             let job = async {
-                JobProxy::builder(&bus.conn)
-                    .path(job_path)
-                    .cache_properties(CacheProperties::No)
-                    .build()
+                uncached::<JobProxy>(&bus.conn, job_path)
                     .await?
                     .job_type()
                     .await
@@ -280,11 +288,7 @@ impl DbusManager {
             }
         };
         let service = async {
-            let proxy = ServiceProxy::builder(&bus.conn)
-                .path(path)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
+            let proxy = uncached::<ServiceProxy>(&bus.conn, path).await?;
             Ok::<_, zbus::Error>((proxy.main_pid().await?, proxy.restart().await?))
         }
         .await;
@@ -819,10 +823,7 @@ impl SystemdManager for DbusManager {
             }
         };
         let pid = async {
-            ServiceProxy::builder(&bus.conn)
-                .path(path)
-                .cache_properties(CacheProperties::No)
-                .build()
+            uncached::<ServiceProxy>(&bus.conn, path)
                 .await?
                 .main_pid()
                 .await

@@ -181,6 +181,17 @@ impl State {
         Some(self.failures.remove(pos).2)
     }
 
+    /// [`State::enter`] for a method that queues a job on `name`: a scripted
+    /// job result is for the job to end with; any other scripted failure is
+    /// the call's.
+    fn enter_job(&mut self, method: FakeMethod, name: &str) -> Result<Option<JobResult>, Error> {
+        match self.enter(method, Some(name)) {
+            Some(FakeFailure::Job(result)) => Ok(Some(result)),
+            Some(f) => Err(fail(method, Some(name), f)),
+            None => Ok(None),
+        }
+    }
+
     /// systemd loads a linked unit on first reference, as the real one does.
     fn touch(&mut self, name: &str) {
         if !self.defs.contains_key(name)
@@ -435,12 +446,7 @@ impl FakeManager {
 impl FakeManager {
     fn begin_start(&self, name: &str) -> Result<Begun, Error> {
         let mut state = self.lock();
-        let unit = Some(name);
-        let scripted = match state.enter(FakeMethod::StartUnit, unit) {
-            Some(FakeFailure::Job(result)) => Some(result),
-            Some(f) => return Err(fail(FakeMethod::StartUnit, unit, f)),
-            None => None,
-        };
+        let scripted = state.enter_job(FakeMethod::StartUnit, name)?;
         state.touch(name);
         if !state.defs.contains_key(name) {
             return Err(no_such_unit(
@@ -539,12 +545,7 @@ impl FakeManager {
 
     fn begin_stop(&self, name: &str) -> Result<Begun, Error> {
         let mut state = self.lock();
-        let unit = Some(name);
-        let scripted = match state.enter(FakeMethod::StopUnit, unit) {
-            Some(FakeFailure::Job(result)) => Some(result),
-            Some(f) => return Err(fail(FakeMethod::StopUnit, unit, f)),
-            None => None,
-        };
+        let scripted = state.enter_job(FakeMethod::StopUnit, name)?;
         state.touch(name);
         if !state.defs.contains_key(name) && !state.runtime.contains_key(name) {
             return Err(no_such_unit(

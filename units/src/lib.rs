@@ -21,7 +21,7 @@
 //! * `hash`: [`UnitHash`], the SHA-1 content address, with its hex and
 //!   array ([`hash_array`]) serde forms.
 //! * `name`: [`UnitName`] validation, templates and instances,
-//!   [`mangle_name`] and [`is_agent_suffix`].
+//!   [`mangle_name`], [`append_default_type`] and [`is_agent_suffix`].
 //! * `xfleet`: [`Requirements`] from the `[X-Fleet]` section,
 //!   [`validate_options`] and [`RequirementsError`].
 //! * `glob`: [`glob_match`], a port of Go's `path.Match` used by
@@ -59,7 +59,9 @@ pub use file::{LINE_MAX, ParseError, ParseErrorKind, UnitFile, UnitOption};
 pub use glob::glob_match;
 pub use hash::{HashError, UnitHash, array as hash_array};
 pub use line::{OptionProblem, Part};
-pub use name::{NameError, UNIT_NAME_MAX, UnitName, is_agent_suffix, mangle_name};
+pub use name::{
+    NameError, UNIT_NAME_MAX, UnitName, append_default_type, is_agent_suffix, mangle_name,
+};
 pub use quote::{go_quote, go_quote_rune};
 pub use xfleet::{Requirements, RequirementsError, X_FLEET_SECTION, validate_options};
 

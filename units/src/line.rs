@@ -156,14 +156,18 @@ pub(crate) fn normalize(s: &mut String, normal: fn(&str) -> &str) {
     }
 }
 
+/// Refuses the first forbidden character of `text`, naming the `part` it
+/// is in.
+fn no_control_character(text: &str, part: Part) -> Result<(), OptionProblem> {
+    match text.chars().find(|&c| is_forbidden(c)) {
+        Some(character) => Err(OptionProblem::ControlCharacter { part, character }),
+        None => Ok(()),
+    }
+}
+
 /// Checks a section name as written in a header.
 pub(crate) fn check_section(section: &str) -> Result<(), OptionProblem> {
-    if let Some(character) = section.chars().find(|&c| is_forbidden(c)) {
-        return Err(OptionProblem::ControlCharacter {
-            part: Part::Section,
-            character,
-        });
-    }
+    no_control_character(section, Part::Section)?;
     if section.contains(']') {
         return Err(OptionProblem::BracketInSection);
     }
@@ -175,12 +179,7 @@ pub(crate) fn check_section(section: &str) -> Result<(), OptionProblem> {
 
 /// Checks a name in normal form.
 pub(crate) fn check_name(name: &str) -> Result<(), OptionProblem> {
-    if let Some(character) = name.chars().find(|&c| is_forbidden(c)) {
-        return Err(OptionProblem::ControlCharacter {
-            part: Part::Name,
-            character,
-        });
-    }
+    no_control_character(name, Part::Name)?;
     if name.contains('=') {
         return Err(OptionProblem::EqualsInName);
     }

@@ -284,11 +284,17 @@ pub fn is_agent_suffix(name: &str) -> bool {
 /// `units/foo` become `foo.service`, and `foo.target` becomes
 /// `foo.target.service`. The result is not validated.
 pub fn mangle_name(arg: &str) -> String {
-    let base = go_path_base(arg);
-    if is_agent_suffix(base) {
-        base.to_owned()
+    append_default_type(go_path_base(arg))
+}
+
+/// `name` with `.service` appended unless it ends in one of the
+/// [`is_agent_suffix`] suffixes (Go's `maybeAppendDefaultUnitType`); the
+/// whole text is kept, slashes included.
+pub fn append_default_type(name: &str) -> String {
+    if is_agent_suffix(name) {
+        name.to_owned()
     } else {
-        format!("{base}.service")
+        format!("{name}.service")
     }
 }
 

@@ -1,9 +1,10 @@
 //! `fleetctl list-machines`: the live machines of the cluster.
 
 use fleetd::client::FleetApi;
+use fleetd::schema::Machine;
 
-use super::{Ctx, Exit};
-use crate::cli::{ListArgs, OutputFormat};
+use super::{Ctx, Exit, Table};
+use crate::cli::ListArgs;
 use crate::render;
 
 /// Enumerate the current hosts in the cluster.
@@ -23,17 +24,19 @@ pub struct Args {
 
 /// Prints the table from `GET /machines`.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    let fields = match render::parse_fields(&args.fields, render::LIST_MACHINES_FIELDS) {
-        Ok(f) => f,
+    let valid = render::LIST_MACHINES_FIELDS;
+    super::listing(ctx, &args.list, &args.fields, valid, fetch, draw).await
+}
+
+/// `GET /machines`; a failure is reported in the original's words, hints
+/// included, and fails the command.
+async fn fetch<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    _: &[&str],
+) -> anyhow::Result<Result<Vec<Machine>, Exit>> {
+    match ctx.api.machines().await {
+        Ok(machines) => Ok(Ok(machines)),
         Err(err) => {
-            ctx.ui.warn(err.to_string());
-            return Ok(Exit::Failure);
-        }
-    };
-    let machines = match ctx.api.machines().await {
-        Ok(m) => m,
-        Err(err) => {
-            // The original's wording, hints included.
             let err = anyhow::Error::new(err);
             ctx.ui.warn(format!(
                 "Error retrieving list of active machines from fleet API ({err:#})"
@@ -42,13 +45,12 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
             ctx.ui.warn("  etcd is unhealthy and/or lost quorum");
             ctx.ui
                 .warn("  connection cannot be established to any etcd servers");
-            return Ok(Exit::Failure);
+            Ok(Err(Exit::Failure))
         }
-    };
-    if args.list.output == OutputFormat::Json {
-        return super::print_json(ctx.ui, &machines);
     }
-    let table = render::list_machines(&fields, &machines, args.list.full, !args.list.no_legend);
-    ctx.ui.print(&table)?;
-    Ok(Exit::Success)
+}
+
+/// The table (no request needed).
+async fn draw<A: FleetApi>(_: &mut Ctx<'_, A>, table: &Table<'_>, machines: &[Machine]) -> String {
+    render::list_machines(&table.fields, machines, table.full, table.legend)
 }

@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use fleetd::client::FleetApi;
+use fleetd::schema::Unit;
 
-use super::{Ctx, Exit};
-use crate::cli::{ListArgs, OutputFormat};
+use super::{Ctx, Exit, Table};
+use crate::cli::ListArgs;
 use crate::render::{self, MachineIndex};
 use crate::units_io;
 
@@ -25,41 +26,42 @@ pub struct Args {
 
 /// Prints the table from `GET /units`.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    let fields = match render::parse_fields(&args.fields, render::LIST_UNIT_FILES_FIELDS) {
-        Ok(f) => f,
-        Err(err) => {
-            ctx.ui.warn(err.to_string());
-            return Ok(Exit::Failure);
-        }
-    };
+    let valid = render::LIST_UNIT_FILES_FIELDS;
+    super::listing(ctx, &args.list, &args.fields, valid, fetch, draw).await
+}
+
+/// `GET /units`, after a warning about a deprecated column.
+async fn fetch<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    fields: &[&str],
+) -> anyhow::Result<Result<Vec<Unit>, Exit>> {
     if fields.contains(&"tmachine") {
         ctx.ui
             .warn(r#"WARNING: The "tmachine" field is deprecated. Use "target" instead"#);
     }
-    let units = ctx
-        .api
-        .units()
-        .await
-        .context("Error retrieving list of units from repository")?;
-    if args.list.output == OutputFormat::Json {
-        return super::print_json(ctx.ui, &units);
-    }
+    let units = ctx.api.units().await;
+    Ok(Ok(units.context(super::UNITS_ERROR)?))
+}
+
+/// The table, with machine legends if a column shows them.
+async fn draw<A: FleetApi>(ctx: &mut Ctx<'_, A>, table: &Table<'_>, units: &[Unit]) -> String {
     let facts: Vec<_> = units.iter().map(units_io::facts).collect();
-    let needs_machines = fields.iter().any(|f| matches!(*f, "target" | "tmachine"))
+    let needs_machines = table
+        .fields
+        .iter()
+        .any(|f| matches!(*f, "target" | "tmachine"))
         && units.iter().any(|u| !u.machine_id.is_empty());
     let machines = if needs_machines {
         ctx.machines().await.clone()
     } else {
         MachineIndex::new()
     };
-    let table = render::list_unit_files(
-        &fields,
-        &units,
+    render::list_unit_files(
+        &table.fields,
+        units,
         &facts,
         &machines,
-        args.list.full,
-        !args.list.no_legend,
-    );
-    ctx.ui.print(&table)?;
-    Ok(Exit::Success)
+        table.full,
+        table.legend,
+    )
 }

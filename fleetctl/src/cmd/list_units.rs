@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use fleetd::client::FleetApi;
+use fleetd::schema::UnitState;
 
-use super::{Ctx, Exit};
-use crate::cli::{ListArgs, OutputFormat};
+use super::{Ctx, Exit, Table};
+use crate::cli::ListArgs;
 use crate::render::{self, MachineIndex};
 
 /// List the current state of units in the cluster.
@@ -24,35 +25,31 @@ pub struct Args {
 
 /// Prints the table from `GET /state`.
 pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Result<Exit> {
-    let fields = match render::parse_fields(&args.fields, render::LIST_UNITS_FIELDS) {
-        Ok(f) => f,
-        Err(err) => {
-            ctx.ui.warn(err.to_string());
-            return Ok(Exit::Failure);
-        }
-    };
-    let states = ctx
-        .api
-        .unit_states()
-        .await
-        .context("Error retrieving list of units from repository")?;
-    if args.list.output == OutputFormat::Json {
-        return super::print_json(ctx.ui, &states);
-    }
+    let valid = render::LIST_UNITS_FIELDS;
+    super::listing(ctx, &args.list, &args.fields, valid, fetch, draw).await
+}
+
+/// `GET /state`.
+async fn fetch<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    _: &[&str],
+) -> anyhow::Result<Result<Vec<UnitState>, Exit>> {
+    let states = ctx.api.unit_states().await;
+    Ok(Ok(states.context(super::UNITS_ERROR)?))
+}
+
+/// The table, with machine legends if a column shows them.
+async fn draw<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    table: &Table<'_>,
+    states: &[UnitState],
+) -> String {
     let needs_machines =
-        fields.contains(&"machine") && states.iter().any(|s| !s.machine_id.is_empty());
+        table.fields.contains(&"machine") && states.iter().any(|s| !s.machine_id.is_empty());
     let machines = if needs_machines {
         ctx.machines().await.clone()
     } else {
         MachineIndex::new()
     };
-    let table = render::list_units(
-        &fields,
-        &states,
-        &machines,
-        args.list.full,
-        !args.list.no_legend,
-    );
-    ctx.ui.print(&table)?;
-    Ok(Exit::Success)
+    render::list_units(&table.fields, states, &machines, table.full, table.legend)
 }

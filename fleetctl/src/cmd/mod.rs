@@ -41,7 +41,7 @@ use fleetd::client::FleetApi;
 use fleetd::schema::{TargetState, Unit};
 use units::{UnitName, go_quote};
 
-use crate::cli::{BlockArgs, Command, ScheduleArgs};
+use crate::cli::{BlockArgs, Command, ListArgs, OutputFormat, ScheduleArgs};
 use crate::connect::Remote;
 use crate::render::{self, MachineIndex};
 use crate::ui::Ui;
@@ -523,9 +523,67 @@ pub async fn change_and_report<A: FleetApi>(
 }
 
 /// Prints `items` as a pretty JSON array (the listings' `--output json`).
-pub fn print_json<T: serde::Serialize>(ui: &mut Ui, items: &[T]) -> anyhow::Result<Exit> {
+fn print_json<T: serde::Serialize>(ui: &mut Ui, items: &[T]) -> anyhow::Result<Exit> {
     let mut text = serde_json::to_string_pretty(items).context("cannot encode JSON")?;
     text.push('\n');
     ui.print(&text)?;
+    Ok(Exit::Success)
+}
+
+/// What `list-units` and `list-unit-files` say when the units cannot be
+/// listed.
+const UNITS_ERROR: &str = "Error retrieving list of units from repository";
+
+/// How a listing's table is drawn: its checked `--fields`, `--full` and
+/// whether the legend (header row) is printed (not `--no-legend`).
+pub struct Table<'f> {
+    /// The columns, in the order given.
+    pub fields: Vec<&'f str>,
+    /// `--full`: IDs and descriptions are not shortened.
+    pub full: bool,
+    /// Not `--no-legend`: the header row is printed.
+    pub legend: bool,
+}
+
+/// What the `list-*` commands share around their own request and table:
+/// check `--fields` against the command's `valid` columns (a bad value is
+/// reported and fails the command), `fetch` the items (it may end the
+/// command with its own status instead), then print them as JSON for
+/// `--output json`, else as the table `draw` renders.
+pub async fn listing<'c, A, T, F, D>(
+    ctx: &mut Ctx<'c, A>,
+    list: &ListArgs,
+    fields: &str,
+    valid: &[&str],
+    fetch: F,
+    draw: D,
+) -> anyhow::Result<Exit>
+where
+    A: FleetApi,
+    T: serde::Serialize,
+    F: AsyncFnOnce(&mut Ctx<'c, A>, &[&str]) -> anyhow::Result<Result<Vec<T>, Exit>>,
+    D: AsyncFnOnce(&mut Ctx<'c, A>, &Table<'_>, &[T]) -> String,
+{
+    let fields = match render::parse_fields(fields, valid) {
+        Ok(f) => f,
+        Err(err) => {
+            ctx.ui.warn(err.to_string());
+            return Ok(Exit::Failure);
+        }
+    };
+    let items = match fetch(ctx, &fields).await? {
+        Ok(items) => items,
+        Err(exit) => return Ok(exit),
+    };
+    if list.output == OutputFormat::Json {
+        return print_json(ctx.ui, &items);
+    }
+    let table = Table {
+        fields,
+        full: list.full,
+        legend: !list.no_legend,
+    };
+    let text = draw(ctx, &table, &items).await;
+    ctx.ui.print(&text)?;
     Ok(Exit::Success)
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use fleetd::client::FleetApi;
-use fleetd::schema::TargetState;
+use fleetd::schema::{TargetState, Unit};
 use tokio::time::Instant;
 
 use super::Ctx;
@@ -37,6 +37,10 @@ impl Budget {
     }
 }
 
+/// The answer of one check: `None` to keep waiting, `Some(Ok(()))` when the
+/// unit made it, `Some(Err(msg))` when it never will.
+type Check = anyhow::Result<Option<Result<(), String>>>;
+
 /// Polls `check` for every name until it returns `Some(done)`, or the budget
 /// runs out. `check` returns `Ok(None)` to keep waiting, `Ok(Some(Ok(())))`
 /// when the unit made it and `Ok(Some(Err(msg)))` when it never will.
@@ -51,7 +55,7 @@ async fn poll<'c, A, C, T>(
 ) -> anyhow::Result<Vec<String>>
 where
     A: FleetApi,
-    C: AsyncFnMut(&mut Ctx<'c, A>, &str) -> anyhow::Result<Option<Result<(), String>>>,
+    C: AsyncFnMut(&mut Ctx<'c, A>, &str) -> Check,
     T: Fn(&str) -> String,
 {
     let deadline = budget.deadline(Instant::now());
@@ -87,6 +91,18 @@ where
     }
 }
 
+/// `GET /units/<name>`: whether the unit exists, or `None` when the request
+/// failed (logged; the wait polls again).
+async fn fetch_unit<A: FleetApi>(api: &A, name: &str) -> Option<Option<Unit>> {
+    match api.unit(name).await {
+        Ok(found) => Some(found),
+        Err(err) => {
+            tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
+            None
+        }
+    }
+}
+
 /// Waits until each unit's fleet state is `want` (its desired state for a
 /// global unit, which has no current state), printing `Unit <name>
 /// <current state>[ on <machine>]` as each arrives (Go's
@@ -97,103 +113,95 @@ pub async fn unit_states<'c, A: FleetApi>(
     want: TargetState,
     budget: Budget,
 ) -> anyhow::Result<Vec<String>> {
-    poll(
-        ctx,
-        names,
-        budget,
-        async |ctx: &mut Ctx<'c, A>, name: &str| {
-            let unit = match ctx.api.unit(name).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    tracing::warn!(unit = %name, "unit not found");
-                    return Ok(None);
-                }
-                Err(err) => {
-                    tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
-                    return Ok(None);
-                }
-            };
-            let state = if units_io::is_global(&unit) {
-                unit.desired_state
-            } else {
-                unit.current_state
-            };
-            if state != Some(want) {
-                tracing::debug!(unit = %name, ?state, %want, "waiting for unit state");
-                return Ok(None);
-            }
-            let current = unit.current_state.map(|s| s.to_string()).unwrap_or_default();
-            let mut msg = format!("Unit {name} {current}");
-            if !unit.machine_id.is_empty() {
-                let machines = ctx.machines().await;
-                if machines.contains_key(&unit.machine_id) {
-                    msg = format!("{msg} on {}", render::machine_legend(&unit.machine_id, machines, false));
-                }
-            }
-            ctx.ui.say(msg)?;
-            Ok(Some(Ok(())))
-        },
-        |name| format!("timed out waiting for unit {name} to report state {want}"),
-    )
-    .await
+    let check = async |ctx: &mut Ctx<'c, A>, name: &str| has_state(ctx, name, want).await;
+    let timeout = |name: &str| format!("timed out waiting for unit {name} to report state {want}");
+    poll(ctx, names, budget, check, timeout).await
+}
+
+/// Whether unit `name` has reached fleet state `want`; printed when it has.
+async fn has_state<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str, want: TargetState) -> Check {
+    let Some(found) = fetch_unit(ctx.api, name).await else {
+        return Ok(None);
+    };
+    let Some(unit) = found else {
+        tracing::warn!(unit = %name, "unit not found");
+        return Ok(None);
+    };
+    let state = if units_io::is_global(&unit) {
+        unit.desired_state
+    } else {
+        unit.current_state
+    };
+    if state != Some(want) {
+        tracing::debug!(unit = %name, ?state, %want, "waiting for unit state");
+        return Ok(None);
+    }
+    let current = unit
+        .current_state
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let mut msg = format!("Unit {name} {current}");
+    if !unit.machine_id.is_empty() {
+        let machines = ctx.machines().await;
+        if machines.contains_key(&unit.machine_id) {
+            msg = format!(
+                "{msg} on {}",
+                render::machine_legend(&unit.machine_id, machines, false)
+            );
+        }
+    }
+    ctx.ui.say(msg)?;
+    Ok(Some(Ok(())))
 }
 
 /// Waits until systemd reports each unit `loaded` and `active` (through
 /// `GET /state/<name>`). A unit systemd reports `failed` will not get there
 /// by waiting and is reported at once.
-pub async fn systemd_active<'c, A: FleetApi>(
-    ctx: &mut Ctx<'c, A>,
+pub async fn systemd_active<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
     names: &[String],
     budget: Budget,
 ) -> anyhow::Result<Vec<String>> {
-    poll(
-        ctx,
-        names,
-        budget,
-        async |ctx: &mut Ctx<'c, A>, name: &str| {
-            let state = match ctx.api.unit_state(name).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return Ok(None),
-                Err(err) => {
-                    tracing::warn!(unit = %name, error = %err, "error retrieving unit state");
-                    return Ok(None);
-                }
-            };
-            if state.systemd_load_state == "loaded" && state.systemd_active_state == "active" {
-                return Ok(Some(Ok(())));
-            }
-            if state.systemd_active_state == "failed" {
-                return Ok(Some(Err(format!(
-                    "unit {name} failed to start: systemd reports {}/{}/{}",
-                    state.systemd_load_state, state.systemd_active_state, state.systemd_sub_state
-                ))));
-            }
-            Ok(None)
-        },
-        |name| format!("timed out waiting for unit {name} to report active state"),
-    )
-    .await
+    let timeout = |name: &str| format!("timed out waiting for unit {name} to report active state");
+    poll(ctx, names, budget, is_active, timeout).await
 }
 
-/// Waits until each unit is gone from the registry.
-pub async fn destroyed<'c, A: FleetApi>(
-    ctx: &mut Ctx<'c, A>,
+/// Whether systemd reports unit `name` active, or failed.
+async fn is_active<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str) -> Check {
+    let state = match ctx.api.unit_state(name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            tracing::warn!(unit = %name, error = %err, "error retrieving unit state");
+            return Ok(None);
+        }
+    };
+    if state.systemd_load_state == "loaded" && state.systemd_active_state == "active" {
+        return Ok(Some(Ok(())));
+    }
+    if state.systemd_active_state == "failed" {
+        return Ok(Some(Err(format!(
+            "unit {name} failed to start: systemd reports {}/{}/{}",
+            state.systemd_load_state, state.systemd_active_state, state.systemd_sub_state
+        ))));
+    }
+    Ok(None)
+}
+
+/// Waits until unit `name` is gone from the registry.
+pub async fn destroyed<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
     name: &str,
     budget: Budget,
 ) -> anyhow::Result<Vec<String>> {
-    poll(
-        ctx,
-        &[name.to_owned()],
-        budget,
-        async |ctx: &mut Ctx<'c, A>, name: &str| match ctx.api.unit(name).await {
-            Ok(None) => Ok(Some(Ok(()))),
-            Ok(Some(_)) => Ok(None),
-            Err(err) => {
-                tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
-                Ok(None)
-            }
-        },
-        |name| format!("timed out waiting for unit {name} to be destroyed"),
-    )
-    .await
+    let timeout = |name: &str| format!("timed out waiting for unit {name} to be destroyed");
+    poll(ctx, &[name.to_owned()], budget, is_gone, timeout).await
+}
+
+/// Whether unit `name` is gone from the registry.
+async fn is_gone<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str) -> Check {
+    match fetch_unit(ctx.api, name).await {
+        Some(None) => Ok(Some(Ok(()))),
+        Some(Some(_)) | None => Ok(None),
+    }
 }

@@ -4,7 +4,9 @@
 //! config-file name (which is also the [`Config`] field it fills), the field's
 //! type and doc, its default (as text, parsed like any user value), its
 //! `--help` line and value name, and the parser that turns text into the
-//! field. From it the macro derives:
+//! field. Each entry is one line of data: the parsers are named functions
+//! (from `parse.rs`, or below the table when one option needs its own). From
+//! it the macro derives:
 //! - [`Opt`], [`Opt::ALL`] and [`Opt::name`] (hence the environment variable
 //!   and the flag name, by rule);
 //! - the [`Config`] struct and its [`Default`] (every default parsed once);
@@ -83,21 +85,37 @@ pub(super) struct Ctx<'a> {
     pub(super) warnings: &'a mut Vec<String>,
 }
 
+/// How an option's text becomes its field.
+enum Parser<T> {
+    /// The text alone decides.
+    Text(fn(&str) -> Result<T, ValueError>),
+    /// The parser may also add warnings (naming the origin).
+    Warns(fn(&str, &mut Ctx<'_>) -> Result<T, ValueError>),
+}
+
+use Parser::{Text, Warns};
+
+impl<T> Parser<T> {
+    fn parse(&self, v: &str, ctx: &mut Ctx<'_>) -> Result<T, ValueError> {
+        match self {
+            Text(parse) => parse(v),
+            Warns(parse) => parse(v, ctx),
+        }
+    }
+}
+
 macro_rules! options {
     (
         $(
             $(#[doc = $doc:literal])*
-            $name:ident : $ty:ty = $variant:ident {
-                default: $default:expr,
-                $(shown: $shown:expr,)?
-                value: $value_name:literal,
-                help: $help:literal,
-                parse: $parse:expr $(,)?
-            }
+            $name:ident : $ty:ty = $variant:ident(
+                $default:expr, $value_name:literal, $parse:expr, $help:literal
+                $(, shown $shown:literal)? $(,)?
+            )
         )*
         ;
         deprecated {
-            $( $dname:ident = $dvariant:ident { value: $dvalue_name:literal } )*
+            $( $dname:ident = $dvariant:ident($dvalue_name:literal) )*
         }
     ) => {
         /// Every option fleetd knows, by its config-file name.
@@ -173,8 +191,8 @@ macro_rules! options {
             ) -> Result<(), ValueError> {
                 match opt {
                     $( Opt::$variant => {
-                        let parse: fn(&str, &mut Ctx<'_>) -> Result<$ty, ValueError> = $parse;
-                        self.$name = parse(v, ctx)?;
+                        let parser: Parser<$ty> = $parse;
+                        self.$name = parser.parse(v, ctx)?;
                     } )*
                     $( Opt::$dvariant => ctx.warnings.push(format!(
                         "{opt} (in {}) is deprecated and ignored",
@@ -186,188 +204,124 @@ macro_rules! options {
         }
     };
     (@shown) => { None };
-    (@shown $shown:expr) => { Some($shown) };
+    (@shown $shown:literal) => { Some($shown) };
 }
 
+// One entry per option: `name: FieldType = Variant(default, value name in
+// --help, parser, --help line[, shown "what --help shows as the default"])`.
 options! {
     /// `verbosity`: 0 logs at info, anything above at debug.
-    verbosity: u8 = Verbosity {
-        default: "0",
-        value: "N",
-        help: "Logging: 0 is info, more is debug",
-        parse: |v, _| parse_verbosity(v),
-    }
+    verbosity: u8 = Verbosity("0", "N", Text(parse_verbosity), "Logging: 0 is info, more is debug")
     /// `etcd_servers`: the etcd endpoints the client connects to.
-    etcd_servers: Vec<String> = EtcdServers {
-        default: DEFAULT_ETCD_SERVERS,
-        value: "URLS",
-        help: "etcd endpoints, comma-separated",
-        parse: |v, _| parse_etcd_servers(v),
-    }
+    etcd_servers: Vec<String> = EtcdServers(DEFAULT_ETCD_SERVERS, "URLS", Text(parse_etcd_servers), "etcd endpoints, comma-separated")
     /// `etcd_request_timeout`: how long one etcd request may take.
-    etcd_request_timeout: Duration = EtcdRequestTimeout {
-        default: "1.0",
-        value: "SECONDS",
-        help: "Per-request etcd timeout in seconds",
-        parse: |v, _| parse_seconds(v, ETCD_REQUEST_TIMEOUT_RANGE),
-    }
+    etcd_request_timeout: Duration = EtcdRequestTimeout("1.0", "SECONDS", Text(etcd_request_timeout), "Per-request etcd timeout in seconds")
     /// `etcd_cafile`: CA certificate for TLS to etcd (none: system roots or
     /// plain HTTP, depending on the endpoints' scheme).
-    etcd_cafile: Option<PathBuf> = EtcdCafile {
-        default: "",
-        value: "PATH",
-        help: "CA certificate for TLS to etcd",
-        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
-    }
+    etcd_cafile: Option<PathBuf> = EtcdCafile("", "PATH", Text(optional_path), "CA certificate for TLS to etcd")
     /// `etcd_certfile`: client certificate for TLS to etcd.
-    etcd_certfile: Option<PathBuf> = EtcdCertfile {
-        default: "",
-        value: "PATH",
-        help: "Client certificate for TLS to etcd",
-        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
-    }
+    etcd_certfile: Option<PathBuf> = EtcdCertfile("", "PATH", Text(optional_path), "Client certificate for TLS to etcd")
     /// `etcd_keyfile`: client key for TLS to etcd.
-    etcd_keyfile: Option<PathBuf> = EtcdKeyfile {
-        default: "",
-        value: "PATH",
-        help: "Client key for TLS to etcd",
-        parse: |v, _| Ok(non_empty(v).map(PathBuf::from)),
-    }
+    etcd_keyfile: Option<PathBuf> = EtcdKeyfile("", "PATH", Text(optional_path), "Client key for TLS to etcd")
     /// `etcd_username`: etcd authentication, if any.
-    etcd_username: Option<String> = EtcdUsername {
-        default: "",
-        value: "USER",
-        help: "etcd user name",
-        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
-    }
+    etcd_username: Option<String> = EtcdUsername("", "USER", Text(optional_string), "etcd user name")
     /// `etcd_password`: goes with `etcd_username`.
-    etcd_password: Option<String> = EtcdPassword {
-        default: "",
-        value: "PASSWORD",
-        help: "etcd password",
-        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
-    }
+    etcd_password: Option<String> = EtcdPassword("", "PASSWORD", Text(optional_string), "etcd password")
     /// `etcd_key_prefix`: where fleet's keys live in etcd.
-    etcd_key_prefix: String = EtcdKeyPrefix {
-        default: DEFAULT_ETCD_KEY_PREFIX,
-        value: "PREFIX",
-        help: "Key prefix of fleet's data in etcd",
-        parse: |v, _| Ok(v.to_owned()),
-    }
+    etcd_key_prefix: String = EtcdKeyPrefix(DEFAULT_ETCD_KEY_PREFIX, "PREFIX", Text(any_string), "Key prefix of fleet's data in etcd")
     /// `public_ip`: the address published for this machine (none:
     /// auto-detect). Taken as given, as the original did: an IP, a host
     /// name, anything `fleetctl ssh` can dial.
-    public_ip: Option<String> = PublicIp {
-        default: "",
-        shown: "auto-detected",
-        value: "IP",
-        help: "IP address published for this machine",
-        parse: |v, _| Ok(non_empty(v).map(str::to_owned)),
-    }
+    public_ip: Option<String> = PublicIp("", "IP", Text(optional_string), "IP address published for this machine", shown "auto-detected")
     /// `metadata`: this machine's config metadata, matched by
     /// `MachineMetadata=` (dynamic metadata from the API is merged over it).
-    metadata: BTreeMap<String, String> = Metadata {
-        default: "",
-        value: "PAIRS",
-        help: "Machine metadata, `k=v,k2=v2`",
-        parse: |v, ctx| {
-            let (metadata, skipped) = parse_metadata(v);
-            let origin = ctx.origin;
-            ctx.warnings.extend(skipped.into_iter().map(|pair| {
-                format!("metadata pair {pair:?} in {origin} skipped: not key=value")
-            }));
-            Ok(metadata)
-        },
-    }
+    metadata: BTreeMap<String, String> = Metadata("", "PAIRS", Warns(metadata), "Machine metadata, `k=v,k2=v2`")
     /// `agent_ttl`: lifetime of the machine's presence without a heartbeat;
     /// also the TTL of its unit states.
-    agent_ttl: Duration = AgentTtl {
-        default: "30s",
-        value: "DURATION",
-        help: "TTL of this machine's presence, as a Go duration",
-        parse: |v, _| parse_duration_in(v, AGENT_TTL_RANGE),
-    }
+    agent_ttl: Duration = AgentTtl("30s", "DURATION", Text(agent_ttl), "TTL of this machine's presence, as a Go duration")
     /// `engine_reconcile_interval`: the engine's tick; its leadership lease
     /// lives 5 times as long.
-    engine_reconcile_interval: Duration = EngineReconcileInterval {
-        default: "2.0",
-        value: "SECONDS",
-        help: "Engine reconcile interval in seconds",
-        parse: |v, _| parse_seconds(v, ENGINE_RECONCILE_INTERVAL_RANGE),
-    }
+    engine_reconcile_interval: Duration = EngineReconcileInterval("2.0", "SECONDS", Text(engine_reconcile_interval), "Engine reconcile interval in seconds")
     /// `token_limit`: the API's page size.
-    token_limit: u16 = TokenLimit {
-        default: "100",
-        value: "N",
-        help: "API page size",
-        parse: |v, _| parse_token_limit(v),
-    }
+    token_limit: u16 = TokenLimit("100", "N", Text(parse_token_limit), "API page size")
     /// `disable_engine`: this machine never leads the engine.
-    disable_engine: bool = DisableEngine {
-        default: "false",
-        value: "BOOL",
-        help: "Never run the engine on this machine",
-        parse: |v, _| parse_bool(v),
-    }
+    disable_engine: bool = DisableEngine("false", "BOOL", Text(parse_bool), "Never run the engine on this machine")
     /// `disable_watches`: rely on timers only, no etcd watches.
-    disable_watches: bool = DisableWatches {
-        default: "false",
-        value: "BOOL",
-        help: "Use no etcd watches, only timers",
-        parse: |v, _| parse_bool(v),
-    }
+    disable_watches: bool = DisableWatches("false", "BOOL", Text(parse_bool), "Use no etcd watches, only timers")
     /// `enable_grpc`: accepted for compatibility; the gRPC mode is not
     /// implemented, so this only produces a warning when set.
-    enable_grpc: bool = EnableGrpc {
-        default: "false",
-        value: "BOOL",
-        help: "Experimental gRPC mode of the original; not supported, ignored",
-        parse: |v, ctx| {
-            let on = parse_bool(v)?;
-            if on {
-                ctx.warnings.push(format!(
-                    "enable_grpc (in {}) is not supported and is ignored",
-                    ctx.origin
-                ));
-            }
-            Ok(on)
-        },
-    }
+    enable_grpc: bool = EnableGrpc("false", "BOOL", Warns(enable_grpc), "Experimental gRPC mode of the original; not supported, ignored")
     /// `units_directory`: where the agent writes unit files.
-    units_directory: PathBuf = UnitsDirectory {
-        default: DEFAULT_UNITS_DIRECTORY,
-        value: "DIR",
-        help: "Where unit files are written",
-        parse: |v, _| parse_path(v),
-    }
+    units_directory: PathBuf = UnitsDirectory(DEFAULT_UNITS_DIRECTORY, "DIR", Text(parse_path), "Where unit files are written")
     /// `systemd_user`: drive the user manager over the session bus.
-    systemd_user: bool = SystemdUser {
-        default: "false",
-        value: "BOOL",
-        help: "Drive the user manager (session bus) instead of the system manager",
-        parse: |v, _| parse_bool(v),
-    }
+    systemd_user: bool = SystemdUser("false", "BOOL", Text(parse_bool), "Drive the user manager (session bus) instead of the system manager")
     /// `listen` (ours): API listeners when not socket-activated (ignored
     /// when `LISTEN_FDS` hands us sockets).
-    listen: Vec<ListenAddr> = Listen {
-        default: DEFAULT_LISTEN,
-        value: "ADDRS",
-        help: "API listeners when not socket-activated: `unix:/path` or `host:port`, comma-separated",
-        parse: |v, _| parse_listen(v),
-    }
+    listen: Vec<ListenAddr> = Listen(DEFAULT_LISTEN, "ADDRS", Text(parse_listen), "API listeners when not socket-activated: `unix:/path` or `host:port`, comma-separated")
     /// `machine_id_file` (ours): where this machine's ID is read from.
-    machine_id_file: PathBuf = MachineIdFile {
-        default: DEFAULT_MACHINE_ID_FILE,
-        value: "PATH",
-        help: "File holding this machine's ID",
-        parse: |v, _| parse_path(v),
-    }
+    machine_id_file: PathBuf = MachineIdFile(DEFAULT_MACHINE_ID_FILE, "PATH", Text(parse_path), "File holding this machine's ID")
     // Accepted for compatibility, ignored with a warning, hidden from --help.
     ;
     deprecated {
-        verify_units = VerifyUnits { value: "BOOL" }
-        authorized_keys_file = AuthorizedKeysFile { value: "PATH" }
+        verify_units = VerifyUnits("BOOL")
+        authorized_keys_file = AuthorizedKeysFile("PATH")
     }
+}
+
+/// An optional path: empty (after trimming) is unset.
+fn optional_path(v: &str) -> Result<Option<PathBuf>, ValueError> {
+    Ok(non_empty(v).map(PathBuf::from))
+}
+
+/// An optional string: empty (after trimming) is unset.
+fn optional_string(v: &str) -> Result<Option<String>, ValueError> {
+    Ok(non_empty(v).map(str::to_owned))
+}
+
+/// Any string, as given.
+fn any_string(v: &str) -> Result<String, ValueError> {
+    Ok(v.to_owned())
+}
+
+/// `etcd_request_timeout`: seconds in [`ETCD_REQUEST_TIMEOUT_RANGE`].
+fn etcd_request_timeout(v: &str) -> Result<Duration, ValueError> {
+    parse_seconds(v, ETCD_REQUEST_TIMEOUT_RANGE)
+}
+
+/// `engine_reconcile_interval`: seconds in
+/// [`ENGINE_RECONCILE_INTERVAL_RANGE`].
+fn engine_reconcile_interval(v: &str) -> Result<Duration, ValueError> {
+    parse_seconds(v, ENGINE_RECONCILE_INTERVAL_RANGE)
+}
+
+/// `agent_ttl`: a Go duration in [`AGENT_TTL_RANGE`].
+fn agent_ttl(v: &str) -> Result<Duration, ValueError> {
+    parse_duration_in(v, AGENT_TTL_RANGE)
+}
+
+/// `metadata`: the pairs that parse; each one skipped is a warning.
+fn metadata(v: &str, ctx: &mut Ctx<'_>) -> Result<BTreeMap<String, String>, ValueError> {
+    let (metadata, skipped) = parse_metadata(v);
+    let origin = ctx.origin;
+    ctx.warnings.extend(
+        skipped
+            .into_iter()
+            .map(|pair| format!("metadata pair {pair:?} in {origin} skipped: not key=value")),
+    );
+    Ok(metadata)
+}
+
+/// `enable_grpc`: a boolean, with a warning when it is on (we do not
+/// support the mode).
+fn enable_grpc(v: &str, ctx: &mut Ctx<'_>) -> Result<bool, ValueError> {
+    let on = parse_bool(v)?;
+    if on {
+        ctx.warnings.push(format!(
+            "enable_grpc (in {}) is not supported and is ignored",
+            ctx.origin
+        ));
+    }
+    Ok(on)
 }
 
 impl Default for Config {
