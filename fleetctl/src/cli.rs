@@ -23,7 +23,7 @@ use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, 
 use crate::cmd;
 
 /// Default API endpoint.
-pub const DEFAULT_ENDPOINT: &str = fleetd::client::http::DEFAULT_ENDPOINT;
+pub const DEFAULT_ENDPOINT: &str = fleetd::client::DEFAULT_ENDPOINT;
 
 /// The help page: the original's sections (name, usage, version, commands,
 /// options).

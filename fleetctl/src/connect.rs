@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use fleetd::client::http::{Target, TlsOptions, endpoint_target};
 use fleetd::client::{HttpClient, RegistryClient};
-use fleetd::registry::etcd::EtcdConnectOptions;
+use fleetd::client::{Target, TlsOptions, endpoint_target};
+use fleetd::registry::EtcdConnectOptions;
 use fleetd::registry::{EtcdKv, Registry};
 
 use crate::cli::{DEFAULT_ENDPOINT, GlobalArgs};

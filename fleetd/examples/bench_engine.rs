@@ -30,8 +30,10 @@ mod bench {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use fleetd::engine::schedule::{ClusterView, MachineView, UnitView, plan};
-    use fleetd::engine::view::{CachedEntry, CachedUnit, Overlay, Snapshots, build_view};
+    use fleetd::engine::{
+        CachedEntry, CachedUnit, ClusterView, MachineView, Overlay, Snapshots, UnitView,
+        build_view, plan,
+    };
     use fleetd::registry::{Keys, ScheduleChange};
     use fleetd::schema::{Capabilities, MachineId, MachineRecord, TargetState};
     use units::{Requirements, UnitHash, UnitName};

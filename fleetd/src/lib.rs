@@ -6,9 +6,18 @@
 //! - [`client`]: the `FleetApi` trait with its HTTP and direct-registry clients.
 //! - With feature `daemon` (default): [`config`], [`engine`], [`agent`],
 //!   [`api`], [`metrics`] and [`daemon`], which wires them together.
+//!
+//! Each of these modules is a namespace: its own submodules are private to
+//! the crate, and what other crates (fleetctl, the tests, the benches) may
+//! use is re-exported at the module's root (`fleetd::registry::EtcdKv`,
+//! `fleetd::client::HttpClient`, `fleetd::engine::Engine`). The one public
+//! submodule is [`schema::request`], the request decoders the fuzz targets
+//! drive. Helpers used only inside the daemon (`errors`, `pem`, `retry`)
+//! are not public.
 
 pub mod client;
-pub mod errors;
+#[cfg(feature = "daemon")]
+mod errors;
 mod pem;
 pub mod registry;
 mod retry;

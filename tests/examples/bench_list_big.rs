@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use fleetd::api::{self, ApiOptions};
 use fleetd::client::{FleetApi, HttpClient, RegistryClient};
-use fleetd::engine::view;
-use fleetd::registry::cache::{CancellationToken, Reflector};
+use fleetd::registry::{CancellationToken, Reflector};
 use fleetd::registry::{EtcdKv, Kv, Op, Registry, Txn};
 use fleetd::schema::{TargetState, UnitRecord};
 use testbed::etcd::Etcd;
@@ -147,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         let (reflector, store) = Reflector::new(
             kv.clone(),
             keys.units_prefix(),
-            view::decode_unit(keys.clone()),
+            fleetd::engine::decode_unit(keys.clone()),
         );
         let cancel = CancellationToken::new();
         let cache = tokio::spawn(reflector.run(cancel.clone()));

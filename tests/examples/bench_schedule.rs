@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fleetd::engine::{Engine, EngineConfig};
-use fleetd::registry::cache::CancellationToken;
+use fleetd::registry::CancellationToken;
 use fleetd::registry::{EtcdKv, Registry};
 use fleetd::schema::{Capabilities, MachineId, MachineRecord, TargetState, UnitRecord};
 use testbed::etcd::Etcd;

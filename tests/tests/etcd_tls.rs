@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetd::registry::cache::{self, CancellationToken, Reflector};
-use fleetd::registry::etcd::{ConnectError, EtcdConnectOptions};
+use fleetd::registry::{self, CancellationToken, Reflector};
+use fleetd::registry::{ConnectError, EtcdConnectOptions};
 use fleetd::registry::{EtcdKv, Kv, Op, Txn};
 use testbed::etcd::{Etcd, EtcdTls};
 use testbed::util::{require_tool, wait_until};
@@ -295,7 +295,7 @@ async fn authentication_with_user_and_password() -> anyhow::Result<()> {
 async fn polling_reflector_follows_real_etcd() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let kv = EtcdKv::connect(&[etcd.endpoint()], REQUEST_TIMEOUT).await?;
-    let (reflector, store) = Reflector::new(kv.clone(), "/poll/", cache::json::<String>);
+    let (reflector, store) = Reflector::new(kv.clone(), "/poll/", registry::json_record::<String>);
     let reflector = reflector.polling(Duration::from_millis(200));
     let cancel = CancellationToken::new();
     let task = tokio::spawn(reflector.run(cancel.clone()));

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use fleetd::registry::cache::{self, CancellationToken, Reflector};
+use fleetd::registry::{self, CancellationToken, Reflector};
 use fleetd::registry::{
     Compare, Error, EtcdKv, Event, EventKind, Keys, Kv, LeaseId, MemKv, Op, ParsedKey, Registry,
     Revision, ScheduleChange, Txn, TxnResponse, WatchStream,
@@ -155,13 +155,15 @@ fn whole_registry(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<ParsedKey> + Sen
         let text = || std::str::from_utf8(value).ok();
         let parsed = keys.parse(key)?;
         let valid = match &parsed {
-            ParsedKey::Machine(id) => cache::json::<MachineRecord>(key, value)?.id == *id,
+            ParsedKey::Machine(id) => registry::json_record::<MachineRecord>(key, value)?.id == *id,
             ParsedKey::Metadata { .. } => text().is_some(),
-            ParsedKey::Unit(name) => cache::json::<UnitRecord>(key, value)?.name == *name,
+            ParsedKey::Unit(name) => registry::json_record::<UnitRecord>(key, value)?.name == *name,
             ParsedKey::Target(_) => text()?.parse::<MachineId>().is_ok(),
-            ParsedKey::Scheduled { .. } => cache::json::<ScheduledUnit>(key, value).is_some(),
+            ParsedKey::Scheduled { .. } => {
+                registry::json_record::<ScheduledUnit>(key, value).is_some()
+            }
             ParsedKey::State { unit, machine } => {
-                let record: UnitStateRecord = cache::json(key, value)?;
+                let record: UnitStateRecord = registry::json_record(key, value)?;
                 record.name == *unit && record.machine_id == *machine
             }
             ParsedKey::Leader => text()?.parse::<MachineId>().is_ok(),
@@ -927,7 +929,8 @@ async fn kv_compaction_fails_old_watches_and_reads<K: Backend>(fx: Fx<K>) -> any
 async fn outage_is_unavailable_then_recovers<K: Backend>(mut fx: Fx<K>) -> anyhow::Result<()> {
     let k = fx.key("k");
     let r = put(&fx.kv, &k, "1").await?;
-    let (reflector, store) = Reflector::new(fx.kv.clone(), fx.raw(), cache::json::<String>);
+    let (reflector, store) =
+        Reflector::new(fx.kv.clone(), fx.raw(), registry::json_record::<String>);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(reflector.run(cancel.clone()));
     store.wait_ready().await;
@@ -1452,7 +1455,8 @@ async fn cache_follows_the_store<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {
     let a = fx.key("a");
     put(&fx.kv, &a, "\"1\"").await?;
     put(&fx.kv, &fx.key("bad"), "not json").await?;
-    let (reflector, store) = Reflector::new(fx.kv.clone(), fx.raw(), cache::json::<String>);
+    let (reflector, store) =
+        Reflector::new(fx.kv.clone(), fx.raw(), registry::json_record::<String>);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(reflector.run(cancel.clone()));
     tokio::time::timeout(EVENTUALLY, store.wait_ready()).await?;
@@ -1587,7 +1591,7 @@ async fn large_values_list_and_watch_beyond_the_message_limit<K: Backend>(
     let (reflector, store) = Reflector::new(
         fx.kv.clone(),
         reg.keys().units_prefix(),
-        cache::json::<UnitRecord>,
+        registry::json_record::<UnitRecord>,
     );
     let cancel = CancellationToken::new();
     let task = tokio::spawn(reflector.run(cancel.clone()));
@@ -1641,7 +1645,7 @@ async fn thousands_of_units_list_completely<K: Backend>(fx: Fx<K>) -> anyhow::Re
 
 /// How many invalid values the process has counted, by kind.
 fn invalid_counts() -> BTreeMap<&'static str, u64> {
-    fleetd::registry::invalid::counts()
+    fleetd::registry::invalid_value_counts()
 }
 
 async fn invalid_values_are_skipped_by_every_read<K: Backend>(fx: Fx<K>) -> anyhow::Result<()> {

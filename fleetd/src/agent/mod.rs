@@ -44,10 +44,10 @@
 //!   over a channel and are folded into the bookkeeping in one place, stale
 //!   ones dropped.
 
-pub mod driver;
-pub mod heart;
-pub mod plan;
-pub mod publisher;
+pub(crate) mod driver;
+pub(crate) mod heart;
+pub(crate) mod plan;
+pub(crate) mod publisher;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -211,7 +211,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
             keys.schedule_of(&me),
             move |key, value| match keys.parse(key)? {
                 ParsedKey::Scheduled { machine, unit } if machine == me => {
-                    Some((unit, cache::json::<ScheduledUnit>(key, value)?))
+                    Some((unit, cache::json_record::<ScheduledUnit>(key, value)?))
                 }
                 _ => None,
             },

@@ -203,7 +203,8 @@ async fn metrics<K: Kv>(State(s): Shared<K>, method: Method) -> Answer {
     if ready {
         gauges.cluster((s.cluster)());
     }
-    let text = crate::metrics::render(&crate::registry::invalid::counts()) + &gauges.into_text();
+    let text =
+        crate::metrics::render(&crate::registry::invalid_value_counts()) + &gauges.into_text();
     Ok((
         StatusCode::OK,
         [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

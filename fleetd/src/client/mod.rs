@@ -8,10 +8,10 @@
 //!
 //! Layout: `http.rs` ([`HttpClient`]), `registry.rs` ([`RegistryClient`]).
 
-pub mod http;
-pub mod registry;
+pub(crate) mod http;
+pub(crate) mod registry;
 
-pub use http::HttpClient;
+pub use http::{DEFAULT_ENDPOINT, HttpClient, Target, TlsOptions, endpoint_target};
 pub use registry::RegistryClient;
 
 use std::future::Future;

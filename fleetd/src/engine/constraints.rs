@@ -32,7 +32,7 @@ use crate::schema::MachineId;
 /// The units placed on one machine, as a check sees them.
 ///
 /// `schedule.rs` implements it over its working schedule; tests use
-/// [`ResidentList`]. The two filtered iterators exist so an implementation
+/// `ResidentList`. The two filtered iterators exist so an implementation
 /// can keep short lists of the (few) residents that have `Conflicts` or
 /// `Replaces`; the defaults filter [`Residents::iter`].
 pub trait Residents {
@@ -53,10 +53,12 @@ pub trait Residents {
     }
 }
 
-/// A plain list of residents, for tests and small callers.
+/// A plain list of residents, for tests.
+#[cfg(test)]
 #[derive(Clone, Debug, Default)]
 pub struct ResidentList<'a>(pub Vec<(&'a str, &'a Requirements)>);
 
+#[cfg(test)]
 impl Residents for ResidentList<'_> {
     fn contains(&self, unit: &str) -> bool {
         self.0.iter().any(|(name, _)| *name == unit)

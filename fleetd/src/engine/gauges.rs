@@ -45,7 +45,7 @@ pub(super) fn decode_state(
         let ParsedKey::State { unit, machine } = keys.parse(key)? else {
             return None;
         };
-        let record: UnitStateRecord = cache::json(key, value)?;
+        let record: UnitStateRecord = cache::json_record(key, value)?;
         (record.name == unit && record.machine_id == machine).then_some(record)
     }
 }

@@ -31,11 +31,11 @@
 //! decisions tried and written, and why units were moved or left unplaced
 //! are mapped here to [`crate::metrics`]' plain labels.
 
-pub mod constraints;
+pub(crate) mod constraints;
 mod gauges;
 mod leader;
-pub mod schedule;
-pub mod view;
+pub(crate) mod schedule;
+pub(crate) mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ use leader::TermEnd;
 pub use schedule::{
     Blocked, ClusterView, Decision, MachineView, Plan, Reason, UnitView, decide, plan,
 };
-use view::{Overlay, Snapshots};
+pub use view::{CachedEntry, CachedUnit, Overlay, Snapshots, build_view, decode_unit};
 
 use crate::config::Config;
 use crate::errors::error_chain;

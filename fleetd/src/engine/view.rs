@@ -61,7 +61,7 @@ pub fn decode_unit(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<CachedUnit> + S
         let ParsedKey::Unit(name) = keys.parse(key)? else {
             return None;
         };
-        let record: UnitRecord = cache::json(key, value)?;
+        let record: UnitRecord = cache::json_record(key, value)?;
         if record.name != name {
             // Not written by fleet (the API lists it nowhere either).
             return None;
@@ -88,7 +88,7 @@ pub fn decode_entry(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<CachedEntry> +
         Some(CachedEntry {
             machine,
             unit,
-            entry: cache::json(key, value)?,
+            entry: cache::json_record(key, value)?,
         })
     }
 }
@@ -99,7 +99,7 @@ pub fn decode_machine(keys: Keys) -> impl Fn(&str, &[u8]) -> Option<MachineRecor
         let ParsedKey::Machine(id) = keys.parse(key)? else {
             return None;
         };
-        let record: MachineRecord = cache::json(key, value)?;
+        let record: MachineRecord = cache::json_record(key, value)?;
         // The key names the machine; a record claiming another ID is bad.
         (record.id == id).then_some(record)
     }

@@ -34,17 +34,15 @@
 //!   (never longer than the interval). Changes show up within one interval.
 //!
 //! ```no_run
-//! use fleetd::registry::cache::{self, Reflector};
-//! use fleetd::registry::{MemKv, Registry};
+//! use fleetd::registry::{self, CancellationToken, MemKv, Reflector, Registry};
 //! use fleetd::schema::UnitRecord;
-//! use fleetd::registry::cache::CancellationToken;
 //!
 //! # async fn example() {
 //! let registry = Registry::new(MemKv::new(), "/_coreos.com/fleet/");
 //! let (reflector, units) = Reflector::new(
 //!     registry.kv().clone(),
 //!     registry.keys().units_prefix(),
-//!     cache::json::<UnitRecord>,
+//!     registry::json_record::<UnitRecord>,
 //! );
 //! let cancel = CancellationToken::new();
 //! tokio::spawn(reflector.run(cancel.clone()));
@@ -477,7 +475,7 @@ impl<K: Kv, T: Send + Sync + 'static> Reflector<K, T> {
 }
 
 /// A decoder for JSON values, whatever the key.
-pub fn json<T: DeserializeOwned>(_key: &str, value: &[u8]) -> Option<T> {
+pub fn json_record<T: DeserializeOwned>(_key: &str, value: &[u8]) -> Option<T> {
     serde_json::from_slice(value).ok()
 }
 

@@ -37,6 +37,7 @@ const STALE_ATTEMPTS: usize = 2;
 /// The machine that holds the leader key `kv`, or `None` when the key is
 /// stale (see the module docs). Pure: a cache decoding with it counts what
 /// it skips itself.
+#[cfg(feature = "daemon")]
 pub fn holder(kv: &KeyValue) -> Option<MachineId> {
     stale(kv).ok()
 }

@@ -30,22 +30,23 @@
 //! its etcd implementation drifted apart. Components take a `Registry<K>` and
 //! are generic over `K: Kv`; tests pick `MemKv`, the daemon `EtcdKv`.
 
-pub mod cache;
-pub mod etcd;
-pub mod invalid;
-pub mod keys;
-pub mod kv;
-pub mod leader;
-pub mod machines;
-pub mod mem;
+pub(crate) mod cache;
+pub(crate) mod etcd;
+pub(crate) mod invalid;
+pub(crate) mod keys;
+pub(crate) mod kv;
+pub(crate) mod leader;
+pub(crate) mod machines;
+pub(crate) mod mem;
 #[cfg(feature = "daemon")]
 mod metered;
-pub mod schedule;
-pub mod states;
-pub mod units;
+pub(crate) mod schedule;
+pub(crate) mod states;
+pub(crate) mod units;
 
-pub use cache::{Reflector, Store};
-pub use etcd::EtcdKv;
+pub use cache::{CacheMode, CancellationToken, Reflector, Store, json_record};
+pub use etcd::{ConnectError, EtcdConnectOptions, EtcdKv};
+pub use invalid::counts as invalid_value_counts;
 pub use keys::{Keys, ParsedKey, kind_of};
 pub use kv::{
     Compare, Event, EventKind, KeyValue, Kv, LeaseId, Op, RangePage, RangeRequest, Txn,
