@@ -1034,8 +1034,8 @@ async fn pagination_at_the_default_limit<K: Kv>(kv: K) {
     }
     let first: fleetd::schema::UnitPage =
         serde_json::from_str(&s.get("/fleet/v1/units").await.body).unwrap();
-    assert_eq!(first.units.len(), 100);
-    assert_eq!(first.units[0].name, "u000.service");
+    assert_eq!(first.items.len(), 100);
+    assert_eq!(first.items[0].name, "u000.service");
     assert_eq!(first.next_page_token.as_deref(), Some("ZAACAA=="));
     s.get("/fleet/v1/units?nextPageToken=ZAACAA==&alt=json")
         .await

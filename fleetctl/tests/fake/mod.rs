@@ -24,8 +24,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use fleetd::schema::{
-    ErrorBody, ErrorDetail, Machine, MachinePage, TargetState, Unit, UnitOption, UnitPage,
-    UnitState, UnitStatePage,
+    ErrorBody, ErrorDetail, Machine, Page, PageItem, TargetState, Unit, UnitOption, UnitState,
 };
 use units::{Requirements, UnitFile, UnitName};
 
@@ -161,6 +160,18 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Answers with the page of `items` a token asks for, or a 400 for a bad
+/// token.
+fn page_answer<T>(items: &[T], query: &HashMap<String, String>) -> Response
+where
+    T: Clone + PageItem + serde::Serialize,
+{
+    match page(items, query) {
+        Some(page) => Json(Page::from(page)).into_response(),
+        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
+    }
+}
+
 /// Cuts `items` into the page a token asks for: tokens are `p<N>==`, which
 /// only survive the trip if the client URL-encodes them. `None` for a bad
 /// token.
@@ -190,6 +201,16 @@ fn log(state: &Shared, method: &Method, path: &str, raw: Option<&str>) {
     lock(state).requests.push(line);
 }
 
+/// Logs a request for `/fleet/v1/<collection>/<name>`.
+fn log_item(state: &Shared, method: &Method, collection: &str, name: &str, raw: Option<&str>) {
+    log(
+        state,
+        method,
+        &format!("/fleet/v1/{collection}/{name}"),
+        raw,
+    );
+}
+
 async fn list_units(
     State(s): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -201,14 +222,7 @@ async fn list_units(
         .iter()
         .map(|(n, r)| unit_json(n, r, true))
         .collect();
-    match page(&all, &q) {
-        Some((units, next_page_token)) => Json(UnitPage {
-            next_page_token,
-            units,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&all, &q)
 }
 
 async fn get_unit(
@@ -216,12 +230,7 @@ async fn get_unit(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::GET,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::GET, "units", &name, raw.as_deref());
     let mut fake = lock(&s);
     if let Some(rec) = fake.units.get(&name) {
         return Json(unit_json(&name, rec, false)).into_response();
@@ -243,12 +252,7 @@ async fn put_unit(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    log(
-        &s,
-        &Method::PUT,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::PUT, "units", &name, raw.as_deref());
     let json = headers
         .get_all("content-type")
         .iter()
@@ -333,12 +337,7 @@ async fn delete_unit(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::DELETE,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::DELETE, "units", &name, raw.as_deref());
     let mut fake = lock(&s);
     match fake.units.remove(&name) {
         Some(rec) => {
@@ -362,14 +361,7 @@ async fn list_states(
         .iter()
         .flat_map(|(n, r)| states_of(n, r))
         .collect();
-    match page(&all, &q) {
-        Some((states, next_page_token)) => Json(UnitStatePage {
-            next_page_token,
-            states,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&all, &q)
 }
 
 async fn get_state(
@@ -377,12 +369,7 @@ async fn get_state(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::GET,
-        &format!("/fleet/v1/state/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::GET, "state", &name, raw.as_deref());
     let fake = lock(&s);
     match fake
         .units
@@ -400,14 +387,7 @@ async fn list_machines(
     RawQuery(raw): RawQuery,
 ) -> Response {
     log(&s, &Method::GET, "/fleet/v1/machines", raw.as_deref());
-    match page(&machines(), &q) {
-        Some((machines, next_page_token)) => Json(MachinePage {
-            machines,
-            next_page_token,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&machines(), &q)
 }
 
 fn router(state: Shared) -> Router {
