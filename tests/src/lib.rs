@@ -10,6 +10,7 @@
 //! - [`machine`]: boot a systemd machine, reach its D-Bus, run commands in it.
 //! - [`util`]: free ports, waiting with deadlines, missing-tool errors.
 
+pub mod bench;
 pub mod cluster;
 pub mod etcd;
 pub mod machine;

@@ -2,8 +2,9 @@
 //! [`RegistryClient`] on any [`Kv`], served on a temporary unix socket and
 //! spoken to with a plain hyper HTTP/1.1 client.
 //!
-//! fleetd's own unit tests (`api/tests.rs`) and the API contract suite
-//! (`tests/tests/api_contract.rs`) both drive the API through it. It is built
+//! fleetd's own unit tests (`api/tests.rs`), the API contract suite
+//! (`tests/tests/api_contract.rs`) and the listing benches
+//! (`tests/examples/`) all serve the API through it. It is built
 //! for `cfg(test)` and with the `test-support` feature only, so the daemon
 //! never carries it.
 
@@ -108,14 +109,20 @@ impl<K: Kv> TestServer<K> {
     /// gate open if `ready`, under a key prefix of its own.
     pub async fn start_with(kv: K, token_limit: u16, ready: bool) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let sock = dir.path().join("fleet.sock");
         let prefix = format!(
             "/fleet-test-{}-{}/",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let registry = Registry::new(kv, &prefix);
+        Self::over(Registry::new(kv, &prefix), token_limit, ready).await
+    }
+
+    /// A server over `registry` (whose keys may be filled already), with
+    /// page size `token_limit` and the readiness gate open if `ready`.
+    pub async fn over(registry: Registry<K>, token_limit: u16, ready: bool) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let sock = dir.path().join("fleet.sock");
+        let prefix = registry.keys().prefix().to_owned();
         let (ready_tx, ready_rx) = watch::channel(ready);
         let app = router(
             RegistryClient::new(registry.clone()),
@@ -138,6 +145,11 @@ impl<K: Kv> TestServer<K> {
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// The server's endpoint for an API client (`unix://<socket>`).
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.sock.display())
     }
 
     /// Stop the server and wait for it.
