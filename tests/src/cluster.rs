@@ -279,6 +279,17 @@ impl Cluster {
         self.members[i].machine.journal("fleet", 200).await
     }
 
+    /// Every message fleet logged in member `i` (`journalctl -u fleet -o
+    /// cat`), for tests that look for a log line.
+    pub async fn fleet_messages(&self, i: usize) -> anyhow::Result<String> {
+        let out = self.members[i]
+            .machine
+            .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
+            .await?;
+        check(&out, "journalctl -u fleet")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs the host's `fleetctl` against member 0's TCP API.
     pub async fn fleetctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         self.fleetctl_via(0, args).await
@@ -538,6 +549,17 @@ impl Cluster {
             out.push(m.active_units(units).await?);
         }
         Ok(out)
+    }
+
+    /// `fleetctl start --no-block` through member 0 of a unit file per name
+    /// in `names`, each with content `text`.
+    pub async fn start_units_no_block(&self, names: &[&str], text: &str) -> anyhow::Result<()> {
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (*n, text)).collect();
+        let dir = unit_files(&files)?;
+        let out = self
+            .fleetctl_files(0, &["start", "--no-block"], dir.path(), names)
+            .await?;
+        check(&out, &format!("fleetctl start {names:?}"))
     }
 
     /// Runs `fleetctl` through member `via` with `args` followed by

@@ -6,6 +6,8 @@
 //! Layout:
 //! - [`cluster`]: etcd plus N machines running fleetd as a systemd service.
 //! - [`etcd`]: start and stop a real etcd on free ports with a temporary data dir.
+//! - [`http`]: one HTTP/1.1 request over TCP, for the API end to end.
+//! - [`bench`]: settings and an etcd-backed registry for `tests/examples/`.
 //! - [`net`]: a bridge plus one network namespace per machine, with cut/heal.
 //! - [`machine`]: boot a systemd machine, reach its D-Bus, run commands in it.
 //! - [`util`]: free ports, waiting with deadlines, missing-tool errors.
@@ -13,6 +15,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod etcd;
+pub mod http;
 pub mod machine;
 pub mod net;
 pub mod ssh;

@@ -126,15 +126,6 @@ async fn wait_listed(cluster: &Cluster, fields: &str, row: &[&str]) -> anyhow::R
     .map(|_| ())
 }
 
-/// The whole fleet journal of member `i`, messages only.
-async fn journal(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    let out = cluster.members[i]
-        .machine
-        .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
-        .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// An etcd client for the cluster's etcd.
 async fn etcd(cluster: &Cluster) -> anyhow::Result<etcd_client::Client> {
     etcd_client::Client::connect([cluster.etcd.endpoint()], None)
@@ -375,7 +366,8 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
         "a state dump in the journal",
         Duration::from_secs(20),
         || async {
-            Ok(journal(&cluster, 0)
+            Ok(cluster
+                .fleet_messages(0)
                 .await?
                 .lines()
                 .find(|l| l.contains("SIGUSR1: state dump"))
@@ -708,7 +700,7 @@ async fn a_second_host_with_the_same_machine_id_is_refused() -> anyhow::Result<(
     let refused = wait_until(
         "the twin's fleetd to refuse the machine ID twice",
         Duration::from_secs(60),
-        || journal(&cluster, twin),
+        || cluster.fleet_messages(twin),
         |text| {
             text.matches("is already registered by another host")
                 .count()

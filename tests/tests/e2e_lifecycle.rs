@@ -41,15 +41,6 @@ async fn run_of(cluster: &Cluster, i: usize, unit: &str) -> anyhow::Result<Run> 
     })
 }
 
-/// The journal of fleet in member `i`, messages only.
-async fn journal(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    let out = cluster.members[i]
-        .machine
-        .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
-        .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Waits until a fleetd other than `old` runs in member `i`, is active
 /// (READY=1) and its machine is registered again (list-machines through it
 /// shows it); returns the new PID.
@@ -164,7 +155,7 @@ async fn restarts_upgrades_and_crashes_adopt_the_running_unit_and_a_shutdown_han
         "systemctl restart fleet",
     )
     .await?;
-    let text = journal(&cluster, i).await?;
+    let text = cluster.fleet_messages(i).await?;
     assert!(
         text.contains("systemd is restarting fleet.service (a restart job)"),
         "the journal does not say why the units stay:\n{text}"
