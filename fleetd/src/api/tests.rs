@@ -174,11 +174,17 @@ async fn start_get(sock: &std::path::Path, path: &str) -> JoinHandle<Result<u16,
     handle
 }
 
-#[tokio::test]
-async fn shutdown_finishes_in_flight_requests() {
+/// [`slow_router`] on `s.sock` in the returned directory, draining for up
+/// to `deadline` once the returned sender fires.
+fn serve_slow(
+    deadline: Duration,
+) -> (
+    tempfile::TempDir,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("s.sock");
-    let listener = bind_unix(&sock).unwrap();
+    let listener = bind_unix(dir.path().join("s.sock")).unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(serve_with_deadline(
         slow_router(),
@@ -186,8 +192,15 @@ async fn shutdown_finishes_in_flight_requests() {
         async move {
             let _ = stop_rx.await;
         },
-        Duration::from_secs(5),
+        deadline,
     ));
+    (dir, stop_tx, server)
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    let (dir, stop_tx, server) = serve_slow(Duration::from_secs(5));
+    let sock = dir.path().join("s.sock");
     let slow = start_get(&sock, "/slow").await;
     stop_tx.send(()).unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), 200);
@@ -200,18 +213,8 @@ async fn shutdown_finishes_in_flight_requests() {
 
 #[tokio::test]
 async fn shutdown_drops_requests_past_the_deadline() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, stop_tx, server) = serve_slow(Duration::from_millis(100));
     let sock = dir.path().join("s.sock");
-    let listener = bind_unix(&sock).unwrap();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with_deadline(
-        slow_router(),
-        vec![listener],
-        async move {
-            let _ = stop_rx.await;
-        },
-        Duration::from_millis(100),
-    ));
     let stuck = start_get(&sock, "/stuck").await;
     let started = std::time::Instant::now();
     stop_tx.send(()).unwrap();
