@@ -554,12 +554,28 @@ impl Cluster {
     /// `fleetctl start --no-block` through member 0 of a unit file per name
     /// in `names`, each with content `text`.
     pub async fn start_units_no_block(&self, names: &[&str], text: &str) -> anyhow::Result<()> {
+        self.start_units_with(&["start", "--no-block"], names, text)
+            .await
+    }
+
+    /// `fleetctl start` through member 0 of a unit file per name in `names`,
+    /// each with content `text`: returns once fleet reports them launched.
+    pub async fn start_units(&self, names: &[&str], text: &str) -> anyhow::Result<()> {
+        self.start_units_with(&["start"], names, text).await
+    }
+
+    /// `fleetctl <args>` through member 0 followed by a unit file per name in
+    /// `names`, each with content `text`, written to a fresh directory.
+    async fn start_units_with(
+        &self,
+        args: &[&str],
+        names: &[&str],
+        text: &str,
+    ) -> anyhow::Result<()> {
         let files: Vec<(&str, &str)> = names.iter().map(|n| (*n, text)).collect();
         let dir = unit_files(&files)?;
-        let out = self
-            .fleetctl_files(0, &["start", "--no-block"], dir.path(), names)
-            .await?;
-        check(&out, &format!("fleetctl start {names:?}"))
+        let out = self.fleetctl_files(0, args, dir.path(), names).await?;
+        check(&out, &format!("fleetctl {} {names:?}", args.join(" ")))
     }
 
     /// Runs `fleetctl` through member `via` with `args` followed by
