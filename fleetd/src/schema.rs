@@ -244,49 +244,135 @@ pub struct Machine {
     pub primary_ip: String,
 }
 
+/// One page of a listing: `{"units":[...]}`, `{"states":[...]}` or
+/// `{"machines":[...]}`, with `nextPageToken` when the page is full.
+///
+/// Both fields are omitted when empty. The items' field name and the field
+/// order (the original's: the token before units and states, after machines)
+/// come from the item type's [`PageItem`]; unknown fields are ignored and a
+/// repeated one is refused, as serde's derive does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// Present when the page is full.
+    pub next_page_token: Option<String>,
+    /// The items of this page.
+    pub items: Vec<T>,
+}
+
 /// A page of units.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitPage {
-    /// Present when the page is full.
-    #[serde(
-        rename = "nextPageToken",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub next_page_token: Option<String>,
-    /// The units of this page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub units: Vec<Unit>,
-}
-
+pub type UnitPage = Page<Unit>;
 /// A page of unit states.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitStatePage {
-    /// Present when the page is full.
-    #[serde(
-        rename = "nextPageToken",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub next_page_token: Option<String>,
-    /// The states of this page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub states: Vec<UnitState>,
+pub type UnitStatePage = Page<UnitState>;
+/// A page of machines.
+pub type MachinePage = Page<Machine>;
+
+/// What a [`Page`] of this type looks like on the wire.
+pub trait PageItem {
+    /// The JSON field holding the items.
+    const FIELD: &'static str;
+    /// Whether `nextPageToken` is written before the items.
+    const TOKEN_FIRST: bool;
 }
 
-/// A page of machines.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachinePage {
-    /// The machines of this page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub machines: Vec<Machine>,
-    /// Present when the page is full.
-    #[serde(
-        rename = "nextPageToken",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub next_page_token: Option<String>,
+impl PageItem for Unit {
+    const FIELD: &'static str = "units";
+    const TOKEN_FIRST: bool = true;
+}
+
+impl PageItem for UnitState {
+    const FIELD: &'static str = "states";
+    const TOKEN_FIRST: bool = true;
+}
+
+impl PageItem for Machine {
+    const FIELD: &'static str = "machines";
+    const TOKEN_FIRST: bool = false;
+}
+
+/// The JSON field of a page's token.
+const NEXT_PAGE_TOKEN: &str = "nextPageToken";
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            next_page_token: None,
+            items: Vec::new(),
+        }
+    }
+}
+
+/// A page of `items`, followed by the page whose token is given, if any (the
+/// shape of the API's `PageToken::slice`).
+impl<T> From<(Vec<T>, Option<String>)> for Page<T> {
+    fn from((items, next_page_token): (Vec<T>, Option<String>)) -> Self {
+        Page {
+            next_page_token,
+            items,
+        }
+    }
+}
+
+impl<T: PageItem + Serialize> Serialize for Page<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let fields =
+            usize::from(self.next_page_token.is_some()) + usize::from(!self.items.is_empty());
+        let mut out = serializer.serialize_struct("Page", fields)?;
+        let token = self.next_page_token.as_ref();
+        if let (true, Some(token)) = (T::TOKEN_FIRST, token) {
+            out.serialize_field(NEXT_PAGE_TOKEN, token)?;
+        }
+        if !self.items.is_empty() {
+            out.serialize_field(T::FIELD, &self.items)?;
+        }
+        if let (false, Some(token)) = (T::TOKEN_FIRST, token) {
+            out.serialize_field(NEXT_PAGE_TOKEN, token)?;
+        }
+        out.end()
+    }
+}
+
+impl<'de, T: PageItem + Deserialize<'de>> Deserialize<'de> for Page<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+
+        /// Reads the fields of a `Page<T>`.
+        struct PageVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: PageItem + Deserialize<'de>> Visitor<'de> for PageVisitor<T> {
+            type Value = Page<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a page of {}", T::FIELD)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Page<T>, A::Error> {
+                let mut token: Option<Option<String>> = None;
+                let mut items: Option<Vec<T>> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == NEXT_PAGE_TOKEN {
+                        if token.is_some() {
+                            return Err(A::Error::duplicate_field(NEXT_PAGE_TOKEN));
+                        }
+                        token = Some(map.next_value()?);
+                    } else if key == T::FIELD {
+                        if items.is_some() {
+                            return Err(A::Error::duplicate_field(T::FIELD));
+                        }
+                        items = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Page {
+                    next_page_token: token.flatten(),
+                    items: items.unwrap_or_default(),
+                })
+            }
+        }
+
+        deserializer.deserialize_map(PageVisitor(std::marker::PhantomData))
+    }
 }
 
 /// The error body: `{"error":{"code":N,"message":"..."}}`.
@@ -446,6 +532,31 @@ mod tests {
             serde_json::to_string(&MachinePage::default()).unwrap(),
             "{}"
         );
+    }
+
+    #[test]
+    fn pages_keep_the_original_field_order_and_read_back() {
+        let machine = Machine {
+            id: "m".into(),
+            ..Machine::default()
+        };
+        let machines = MachinePage::from((vec![machine], Some("T".into())));
+        let json = serde_json::to_string(&machines).unwrap();
+        assert_eq!(json, r#"{"machines":[{"id":"m"}],"nextPageToken":"T"}"#);
+        assert_eq!(
+            serde_json::from_str::<MachinePage>(&json).unwrap(),
+            machines
+        );
+        let states = UnitStatePage::from((Vec::new(), Some("T".into())));
+        assert_eq!(
+            serde_json::to_string(&states).unwrap(),
+            r#"{"nextPageToken":"T"}"#
+        );
+        let units: UnitPage =
+            serde_json::from_str(r#"{"other":[1],"units":[{"name":"a"}],"nextPageToken":null}"#)
+                .unwrap();
+        assert_eq!((units.items.len(), units.next_page_token), (1, None));
+        assert!(serde_json::from_str::<UnitPage>(r#"{"units":[],"units":[]}"#).is_err());
     }
 
     #[test]

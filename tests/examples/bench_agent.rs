@@ -77,19 +77,11 @@ async fn running(cluster: &Cluster) -> anyhow::Result<usize> {
 
 /// How many `bench-*` units fleet reports active.
 async fn reported(cluster: &Cluster) -> anyhow::Result<usize> {
-    let out = cluster
-        .fleetctl(&[
-            "list-units",
-            "--no-legend",
-            "--full",
-            "--fields",
-            "unit,active",
-        ])
-        .await?;
-    check(&out, "fleetctl list-units")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("bench-") && l.split_whitespace().nth(1) == Some("active"))
+    Ok(cluster
+        .list_units()
+        .await?
+        .iter()
+        .filter(|(unit, active, _)| unit.starts_with("bench-") && active == "active")
         .count())
 }
 

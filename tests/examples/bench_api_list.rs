@@ -15,11 +15,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fleetd::api::{self, ApiOptions};
-use fleetd::client::{FleetApi, HttpClient, RegistryClient};
-use fleetd::registry::{EtcdKv, Registry, ScheduleChange};
+use fleetd::api::testing::TestServer;
+use fleetd::client::{FleetApi, HttpClient};
+use fleetd::registry::ScheduleChange;
 use fleetd::schema::{MachineId, ScheduledUnit, TargetState, UnitRecord, UnitStateRecord};
-use testbed::etcd::Etcd;
+use testbed::bench;
 use units::{UnitFile, UnitName};
 
 fn unit_text(i: usize) -> String {
@@ -28,13 +28,8 @@ fn unit_text(i: usize) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_UNITS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let etcd = Etcd::start().await?;
-    let kv = EtcdKv::connect(&[etcd.endpoint()], Duration::from_secs(30)).await?;
-    let registry = Registry::new(kv, "/bench/");
+    let n = bench::env_usize("BENCH_UNITS", 100_000);
+    let (_etcd, registry) = bench::registry().await?;
 
     // Fill: units, a schedule for half of them, and their states.
     let started = Instant::now();
@@ -104,23 +99,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Serve the API in-process on a unix socket.
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("fleet.sock");
-    let listener = api::bind_unix(&socket)?;
-    let (_ready_tx, ready) = tokio::sync::watch::channel(true);
-    let router = api::router(
-        RegistryClient::new(registry.clone()),
-        ApiOptions {
-            token_limit: 100,
-            ready,
-        },
-    );
-    let stop = tokio_util_free_cancel();
-    let server = tokio::spawn(api::serve(router, vec![listener], stop.1));
-    let client = HttpClient::new(
-        &format!("unix://{}", socket.display()),
-        Duration::from_secs(600),
-    )?;
+    let server = TestServer::over(registry.clone(), 100, true).await;
+    let client = HttpClient::new(&server.endpoint(), Duration::from_secs(600))?;
 
     for round in 1..=2 {
         let t = Instant::now();
@@ -136,18 +116,6 @@ async fn main() -> anyhow::Result<()> {
             states.len()
         );
     }
-    let _ = stop.0.send(());
-    let _ = server.await;
+    server.shutdown().await;
     Ok(())
-}
-
-/// A shutdown future for the server and its trigger.
-fn tokio_util_free_cancel() -> (
-    tokio::sync::oneshot::Sender<()>,
-    impl std::future::Future<Output = ()> + Send,
-) {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    (tx, async move {
-        let _ = rx.await;
-    })
 }

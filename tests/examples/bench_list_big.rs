@@ -18,12 +18,11 @@
 
 use std::time::{Duration, Instant};
 
-use fleetd::api::{self, ApiOptions};
-use fleetd::client::{FleetApi, HttpClient, RegistryClient};
-use fleetd::registry::{CancellationToken, Reflector};
-use fleetd::registry::{EtcdKv, Kv, Op, Registry, Txn};
+use fleetd::api::testing::TestServer;
+use fleetd::client::{FleetApi, HttpClient};
+use fleetd::registry::{CancellationToken, Kv, Op, Reflector, Txn};
 use fleetd::schema::{TargetState, UnitRecord};
-use testbed::etcd::Etcd;
+use testbed::bench;
 use units::{UnitFile, UnitName, UnitOption};
 
 /// One unit of about `kib` KiB.
@@ -44,20 +43,12 @@ fn record(i: usize, kib: usize) -> anyhow::Result<UnitRecord> {
     })
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n = env("BENCH_UNITS", 100_000);
-    let kib = env("BENCH_KIB", 4);
-    let etcd = Etcd::start().await?;
-    let kv = EtcdKv::connect(&[etcd.endpoint()], Duration::from_secs(30)).await?;
-    let registry = Registry::new(kv.clone(), "/bench/");
+    let n = bench::env_usize("BENCH_UNITS", 100_000);
+    let kib = bench::env_usize("BENCH_KIB", 4);
+    let (_etcd, registry) = bench::registry().await?;
+    let kv = registry.kv().clone();
     let keys = registry.keys().clone();
 
     // Fill, 8 writers, 64 puts per transaction.
@@ -102,25 +93,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // The API over the same registry, in-process.
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("fleet.sock");
-    let listener = api::bind_unix(&socket)?;
-    let (_ready_tx, ready) = tokio::sync::watch::channel(true);
-    let router = api::router(
-        RegistryClient::new(registry.clone()),
-        ApiOptions {
-            token_limit: 100,
-            ready,
-        },
-    );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(router, vec![listener], async move {
-        let _ = stop_rx.await;
-    }));
-    let client = HttpClient::new(
-        &format!("unix://{}", socket.display()),
-        Duration::from_secs(600),
-    )?;
+    let server = TestServer::over(registry.clone(), 100, true).await;
+    let client = HttpClient::new(&server.endpoint(), Duration::from_secs(600))?;
 
     for round in 1..=2 {
         let t = Instant::now();
@@ -167,7 +141,6 @@ async fn main() -> anyhow::Result<()> {
             listed.len()
         );
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    server.shutdown().await;
     Ok(())
 }

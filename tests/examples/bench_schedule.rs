@@ -18,17 +18,10 @@ use std::time::{Duration, Instant};
 
 use fleetd::engine::{Engine, EngineConfig};
 use fleetd::registry::CancellationToken;
-use fleetd::registry::{EtcdKv, Registry};
 use fleetd::schema::{Capabilities, MachineId, MachineRecord, TargetState, UnitRecord};
-use testbed::etcd::Etcd;
+use testbed::bench;
+use testbed::util::wait_until;
 use units::{UnitFile, UnitName};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn machine_id(i: usize) -> MachineId {
     format!("{i:08x}{:024x}", i * 7919)
@@ -38,11 +31,9 @@ fn machine_id(i: usize) -> MachineId {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let machines = env("BENCH_MACHINES", 1_000);
-    let n = env("BENCH_UNITS", 10_000);
-    let etcd = Etcd::start().await?;
-    let kv = EtcdKv::connect(&[etcd.endpoint()], Duration::from_secs(30)).await?;
-    let registry = Registry::new(kv, "/bench/");
+    let machines = bench::env_usize("BENCH_MACHINES", 1_000);
+    let n = bench::env_usize("BENCH_UNITS", 10_000);
+    let (_etcd, registry) = bench::registry().await?;
 
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -107,16 +98,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let t = Instant::now();
     let engine_task = tokio::spawn(engine.run(cancel.clone()));
-    loop {
-        let placed = registry.targets().await?.items.len();
-        if placed == n {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("only {placed} of {n} units scheduled after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("all {n} units scheduled"),
+        Duration::from_secs(600),
+        || async { Ok(registry.targets().await?.items.len()) },
+        |placed| *placed == n,
+    )
+    .await?;
     println!(
         "all {n} units scheduled {:.2?} after the engine started",
         t.elapsed()
@@ -135,20 +123,21 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("unknown machine {victim}"))?;
     let t = Instant::now();
     registry.revoke_lease(leases[&index]).await?;
-    loop {
-        let now: BTreeMap<UnitName, MachineId> =
-            registry.targets().await?.items.into_iter().collect();
-        if moved
-            .iter()
-            .all(|u| now.get(u).is_some_and(|m| *m != victim))
-        {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            anyhow::bail!("the units of the lost machine did not move within 2 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the units of the lost machine to move",
+        Duration::from_secs(120),
+        || async {
+            let now: BTreeMap<UnitName, MachineId> =
+                registry.targets().await?.items.into_iter().collect();
+            // How many of them are not yet on another machine.
+            Ok(moved
+                .iter()
+                .filter(|u| now.get(*u).is_none_or(|m| *m == victim))
+                .count())
+        },
+        |left| *left == 0,
+    )
+    .await?;
     println!(
         "{} units of a lost machine rescheduled {:.2?} after its lease ended",
         moved.len(),

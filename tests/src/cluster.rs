@@ -248,44 +248,46 @@ impl Cluster {
 
     /// `systemctl start fleet.socket fleet-tcp.socket fleet.service` in member `i`.
     pub async fn start_fleet(&self, i: usize) -> anyhow::Result<()> {
-        let m = &self.members[i].machine;
-        let out = m.systemctl(&["daemon-reload"]).await?;
-        check(&out, "systemctl daemon-reload")?;
-        let out = m
-            .systemctl(&["start", "fleet.socket", "fleet-tcp.socket", "fleet.service"])
+        self.systemctl_ok(i, &["daemon-reload"], "systemctl daemon-reload")
             .await?;
-        if !out.status.success() {
-            let journal = m
-                .exec(&["journalctl", "-u", "fleet", "--no-pager", "-n", "50"])
-                .await
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            bail!(
-                "cannot start fleet in {}: {}\n{journal}",
-                m.name(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        self.members[i]
+            .machine
+            .systemctl_or_journal(
+                "start",
+                &["fleet.socket", "fleet-tcp.socket", "fleet.service"],
+                "fleet",
+                50,
+            )
+            .await
+    }
+
+    /// `systemctl <args>` in member `i`, failing as [`check`] does, with
+    /// `what`.
+    async fn systemctl_ok(&self, i: usize, args: &[&str], what: &str) -> anyhow::Result<()> {
+        let out = self.members[i].machine.systemctl(args).await?;
+        check(&out, what)
     }
 
     /// `systemctl stop fleet` in member `i`.
     pub async fn stop_fleet(&self, i: usize) -> anyhow::Result<()> {
-        let out = self.members[i]
-            .machine
-            .systemctl(&["stop", "fleet.service"])
-            .await?;
-        check(&out, "systemctl stop fleet")
+        self.systemctl_ok(i, &["stop", "fleet.service"], "systemctl stop fleet")
+            .await
     }
 
     /// The journal of fleet in member `i` (for failure messages).
     pub async fn fleet_journal(&self, i: usize) -> String {
-        self.members[i]
+        self.members[i].machine.journal("fleet", 200).await
+    }
+
+    /// Every message fleet logged in member `i` (`journalctl -u fleet -o
+    /// cat`), for tests that look for a log line.
+    pub async fn fleet_messages(&self, i: usize) -> anyhow::Result<String> {
+        let out = self.members[i]
             .machine
-            .exec(&["journalctl", "-u", "fleet", "--no-pager", "-n", "200"])
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+            .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
+            .await?;
+        check(&out, "journalctl -u fleet")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Runs the host's `fleetctl` against member 0's TCP API.
@@ -369,29 +371,31 @@ impl Cluster {
     /// Starts fleet in member `i` without waiting for it to be ready
     /// (`systemctl start --no-block`), for a fleetd expected to fail.
     pub async fn start_fleet_no_block(&self, i: usize) -> anyhow::Result<()> {
-        let m = &self.members[i].machine;
-        let out = m.systemctl(&["daemon-reload"]).await?;
-        check(&out, "systemctl daemon-reload")?;
-        let out = m
-            .systemctl(&[
+        self.systemctl_ok(i, &["daemon-reload"], "systemctl daemon-reload")
+            .await?;
+        self.systemctl_ok(
+            i,
+            &[
                 "start",
                 "--no-block",
                 "fleet.socket",
                 "fleet-tcp.socket",
                 "fleet.service",
-            ])
-            .await?;
-        check(&out, "systemctl start --no-block fleet")
+            ],
+            "systemctl start --no-block fleet",
+        )
+        .await
     }
 
     /// `systemctl kill -s KILL fleet.service` in member `i`: fleetd dies
     /// without a purge, and systemd restarts it (`Restart=always`).
     pub async fn kill_fleet(&self, i: usize) -> anyhow::Result<()> {
-        let out = self.members[i]
-            .machine
-            .systemctl(&["kill", "-s", "KILL", "fleet.service"])
-            .await?;
-        check(&out, "systemctl kill -s KILL fleet")
+        self.systemctl_ok(
+            i,
+            &["kill", "-s", "KILL", "fleet.service"],
+            "systemctl kill -s KILL fleet",
+        )
+        .await
     }
 
     /// `systemctl show -p PROPERTY --value UNIT` in member `i`.
@@ -547,6 +551,33 @@ impl Cluster {
         Ok(out)
     }
 
+    /// `fleetctl start --no-block` through member 0 of a unit file per name
+    /// in `names`, each with content `text`.
+    pub async fn start_units_no_block(&self, names: &[&str], text: &str) -> anyhow::Result<()> {
+        self.start_units_with(&["start", "--no-block"], names, text)
+            .await
+    }
+
+    /// `fleetctl start` through member 0 of a unit file per name in `names`,
+    /// each with content `text`: returns once fleet reports them launched.
+    pub async fn start_units(&self, names: &[&str], text: &str) -> anyhow::Result<()> {
+        self.start_units_with(&["start"], names, text).await
+    }
+
+    /// `fleetctl <args>` through member 0 followed by a unit file per name in
+    /// `names`, each with content `text`, written to a fresh directory.
+    async fn start_units_with(
+        &self,
+        args: &[&str],
+        names: &[&str],
+        text: &str,
+    ) -> anyhow::Result<()> {
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (*n, text)).collect();
+        let dir = unit_files(&files)?;
+        let out = self.fleetctl_files(0, args, dir.path(), names).await?;
+        check(&out, &format!("fleetctl {} {names:?}", args.join(" ")))
+    }
+
     /// Runs `fleetctl` through member `via` with `args` followed by
     /// `dir/NAME` for each of `names`.
     pub async fn fleetctl_files(
@@ -638,22 +669,19 @@ impl Cluster {
     /// sockets, so no connection activates it again. fleetd purges on the
     /// way out (its units stop, its machine leaves the cluster).
     pub async fn stop_fleet_and_sockets(&self, i: usize) -> anyhow::Result<()> {
-        let out = self.members[i]
-            .machine
-            .systemctl(&["stop", "fleet.socket", "fleet-tcp.socket", "fleet.service"])
-            .await?;
-        check(&out, "systemctl stop fleet and its sockets")
+        self.systemctl_ok(
+            i,
+            &["stop", "fleet.socket", "fleet-tcp.socket", "fleet.service"],
+            "systemctl stop fleet and its sockets",
+        )
+        .await
     }
 
     /// Kills fleetd in member `i` with SIGKILL (no purge: its units keep
     /// running, its leases expire) and keeps it down: the pending restart
     /// (`RestartSec=5s`) and the sockets are stopped.
     pub async fn crash_fleet(&self, i: usize) -> anyhow::Result<()> {
-        let m = &self.members[i].machine;
-        let out = m
-            .systemctl(&["kill", "-s", "KILL", "fleet.service"])
-            .await?;
-        check(&out, "systemctl kill -s KILL fleet")?;
+        self.kill_fleet(i).await?;
         self.stop_fleet_and_sockets(i).await
     }
 
@@ -677,19 +705,7 @@ impl Cluster {
             .with_context(|| format!("member {i} did not boot again"))?;
         self.members.insert(i, Member { machine, netns });
         self.install_fleet(i)?;
-        let m = &self.members[i].machine;
-        let out = m.systemctl(&["daemon-reload"]).await?;
-        check(&out, "systemctl daemon-reload")?;
-        let out = m
-            .systemctl(&[
-                "start",
-                "--no-block",
-                "fleet.socket",
-                "fleet-tcp.socket",
-                "fleet.service",
-            ])
-            .await?;
-        check(&out, "systemctl start --no-block fleet")
+        self.start_fleet_no_block(i).await
     }
 }
 
@@ -698,11 +714,8 @@ impl Cluster {
 impl Cluster {
     /// `systemctl restart fleet.service` in member `i`, as an upgrade does.
     pub async fn restart_fleet(&self, i: usize) -> anyhow::Result<()> {
-        let out = self.members[i]
-            .machine
-            .systemctl(&["restart", "fleet.service"])
-            .await?;
-        check(&out, "systemctl restart fleet")
+        self.systemctl_ok(i, &["restart", "fleet.service"], "systemctl restart fleet")
+            .await
     }
 
     /// Replaces the fleetd binary every member runs (`/opt/fleet/fleetd`) by
@@ -729,11 +742,12 @@ impl Cluster {
     /// `systemctl kill -s SIGNAL --kill-whom=main fleet.service` in member
     /// `i`: a signal with no job on fleet.service (as a plain `kill` sends).
     pub async fn signal_fleet(&self, i: usize, signal: &str) -> anyhow::Result<()> {
-        let out = self.members[i]
-            .machine
-            .systemctl(&["kill", "-s", signal, "--kill-whom=main", "fleet.service"])
-            .await?;
-        check(&out, &format!("systemctl kill -s {signal} fleet"))
+        self.systemctl_ok(
+            i,
+            &["kill", "-s", signal, "--kill-whom=main", "fleet.service"],
+            &format!("systemctl kill -s {signal} fleet"),
+        )
+        .await
     }
 
     /// fleetd's PID in member `i` as the host sees it (the machine has its

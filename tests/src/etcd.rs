@@ -138,6 +138,16 @@ struct Running {
     guardian: Child,
 }
 
+/// A new data directory for one etcd member, in memory (`/dev/shm`) for
+/// speed; dropping the member removes it.
+fn data_dir() -> anyhow::Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix("tb-etcd.")
+        .tempdir_in("/dev/shm")
+        .context("cannot create a data directory for etcd under /dev/shm")?
+        .keep())
+}
+
 impl Etcd {
     /// Start etcd on 127.0.0.1 only.
     pub async fn start() -> anyhow::Result<Etcd> {
@@ -171,11 +181,7 @@ impl Etcd {
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let ports = free_ports(3)?;
-            let dir = tempfile::Builder::new()
-                .prefix("tb-etcd.")
-                .tempdir_in("/dev/shm")
-                .context("cannot create a data directory for etcd under /dev/shm")?
-                .keep();
+            let dir = data_dir()?;
             let mut etcd = Etcd {
                 bin: bin.clone(),
                 name: unique_name("tb-etcd"),
@@ -580,11 +586,7 @@ impl EtcdCluster {
             let mut members = Vec::with_capacity(size);
             for i in 0..size {
                 let ports = free_ports(3)?;
-                let dir = tempfile::Builder::new()
-                    .prefix("tb-etcd.")
-                    .tempdir_in("/dev/shm")
-                    .context("cannot create a data directory for etcd under /dev/shm")?
-                    .keep();
+                let dir = data_dir()?;
                 members.push(Etcd {
                     bin: bin.clone(),
                     name: format!("{token}-{i}"),

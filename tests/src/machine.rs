@@ -409,6 +409,40 @@ impl Machine {
         self.exec(&all).await
     }
 
+    /// The last `lines` lines of `unit`'s journal inside the machine, empty
+    /// when it cannot be read (for failure messages).
+    pub async fn journal(&self, unit: &str, lines: u32) -> String {
+        let lines = lines.to_string();
+        self.exec(&["journalctl", "-u", unit, "--no-pager", "-n", &lines])
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `systemctl <verb> <units>`, failing with systemctl's complaint and the
+    /// last `lines` lines of `journal_unit`'s journal: `cannot <verb>
+    /// <journal_unit> in <machine>: ...`.
+    pub async fn systemctl_or_journal(
+        &self,
+        verb: &str,
+        units: &[&str],
+        journal_unit: &str,
+        lines: u32,
+    ) -> anyhow::Result<()> {
+        let mut args = vec![verb];
+        args.extend_from_slice(units);
+        let out = self.systemctl(&args).await?;
+        if !out.status.success() {
+            let journal = self.journal(journal_unit, lines).await;
+            bail!(
+                "cannot {verb} {journal_unit} in {}: {}\n{journal}",
+                self.spec.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the machine cleanly (systemd shuts down) and removes its host state.
     pub async fn shutdown(mut self) {
         tokio::task::spawn_blocking(move || self.stop(Duration::from_secs(10)))

@@ -291,19 +291,9 @@ fn unlock_root(machine: &Machine) -> anyhow::Result<()> {
 ///
 /// sshd not starting.
 pub async fn restart_sshd(machine: &Machine, ip: &str) -> anyhow::Result<()> {
-    let out = machine.systemctl(&["restart", SSHD_UNIT]).await?;
-    if !out.status.success() {
-        let journal = machine
-            .exec(&["journalctl", "-u", SSHD_UNIT, "--no-pager", "-n", "30"])
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        bail!(
-            "cannot start sshd in {}: {}\n{journal}",
-            machine.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    machine
+        .systemctl_or_journal("restart", &[SSHD_UNIT], SSHD_UNIT, 30)
+        .await?;
     let addr = format!("{ip}:22");
     wait_until(
         &format!("sshd listening on {addr}"),

@@ -1,5 +1,6 @@
-//! The API contract: golden requests against `fleetd::api`, served on a
-//! temporary unix socket over a [`RegistryClient`], run once over [`MemKv`]
+//! The API contract: golden requests against `fleetd::api`, served by
+//! [`Server`] (`fleetd::api::testing::TestServer`, the API on a temporary unix
+//! socket over a `RegistryClient`), run once over [`MemKv`]
 //! and once over [`EtcdKv`] on a real etcd. Status codes, headers and bodies
 //! are compared byte for byte with fleet-reference.md §4 (with the fixes of
 //! §0), so the in-memory registry the unit tests use answers exactly as etcd
@@ -14,28 +15,13 @@
 //! "Nothing stored changes" is checked by comparing every key under the
 //! test's prefix, with its value and `mod_revision`, before and after.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fleetd::api::{
-    ApiOptions, BODY_LIMIT, DISCOVERY, DISCOVERY_EXTENSIONS, PREFIXES, PageToken, UNAVAILABLE,
-    bind_unix, router, serve,
-};
-use fleetd::client::RegistryClient;
-use fleetd::registry::{EtcdKv, Kv, LeaseId, MemKv, Registry, ScheduleChange};
-use fleetd::schema::{
-    Capabilities, MachineId, MachineRecord, ScheduledUnit, TargetState, UnitRecord, UnitStateRecord,
-};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::header::{HOST, SERVER};
-use hyper::{HeaderMap, Request};
-use hyper_util::rt::TokioIo;
+use fleetd::api::testing::TestServer as Server;
+use fleetd::api::{BODY_LIMIT, DISCOVERY, DISCOVERY_EXTENSIONS, PREFIXES, PageToken, UNAVAILABLE};
+use fleetd::registry::{EtcdKv, Kv, MemKv};
+use fleetd::schema::TargetState;
 use testbed::etcd::{Etcd, shared as shared_etcd};
-use tokio::net::UnixStream;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// The bound on each etcd request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -94,281 +80,11 @@ api_contract!(
     percent_encoded_unit_names,
 );
 
-/// An API server on a temporary unix socket.
-struct Server<K> {
-    /// The registry the server works on, for seeding and inspection.
-    registry: Registry<K>,
-    /// The registry's key prefix: everything the test stores is under it.
-    prefix: String,
-    /// Opens the readiness gate.
-    ready: watch::Sender<bool>,
-    /// The socket.
-    sock: PathBuf,
-    /// Ends the server.
-    stop: Option<oneshot::Sender<()>>,
-    /// The serving task.
-    task: Option<JoinHandle<std::io::Result<()>>>,
-    /// Keeps the socket's directory.
-    _dir: tempfile::TempDir,
-}
-
-/// One answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    /// Asserts the status and the exact body, and the headers every answer
-    /// carries.
-    #[track_caller]
-    fn expect(&self, status: u16, body: &str) {
-        assert_eq!(
-            (self.status, self.body.as_str()),
-            (status, body),
-            "{self:?}"
-        );
-        assert_eq!(
-            self.header(SERVER.as_str()),
-            Some(format!("fleetd/{}", fleetd::VERSION).as_str())
-        );
-    }
-
-    /// Asserts a JSON answer.
-    #[track_caller]
-    fn expect_json(&self, status: u16, body: &str) {
-        self.expect(status, body);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-    }
-
-    /// Asserts an error answer.
-    #[track_caller]
-    fn expect_error(&self, status: u16, message: &str) {
-        let body = serde_json::json!({"error": {"code": status, "message": message}}).to_string();
-        self.expect_json(status, &body);
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 const MACHINE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const MACHINE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const HELLO: &str = r#"{"desiredState":"launched","options":[{"section":"Service","name":"ExecStart","value":"/bin/sleep 1000"}]}"#;
 const HELLO_OPTIONS: &str =
     r#"[{"name":"ExecStart","section":"Service","value":"/bin/sleep 1000"}]"#;
-
-impl<K: Kv> Server<K> {
-    /// A ready server with the default page size.
-    async fn start(kv: K) -> Self {
-        Self::start_with(kv, 100, true).await
-    }
-
-    /// A server over `kv`, under a key prefix of its own.
-    async fn start_with(kv: K, token_limit: u16, ready: bool) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let sock = dir.path().join("fleet.sock");
-        let prefix = format!(
-            "/api-contract-{}-{}/",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let registry = Registry::new(kv, &prefix);
-        let (ready_tx, ready_rx) = watch::channel(ready);
-        let app = router(
-            RegistryClient::new(registry.clone()),
-            ApiOptions {
-                token_limit,
-                ready: ready_rx,
-            },
-        );
-        let listener = bind_unix(&sock).expect("bind the test socket");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(app, vec![listener], async move {
-            let _ = stop_rx.await;
-        }));
-        Server {
-            registry,
-            prefix,
-            ready: ready_tx,
-            sock,
-            stop: Some(stop_tx),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    /// Stop the server and wait for it.
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("the server task").expect("serve");
-        }
-    }
-
-    /// Send a request with these headers and body.
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let stream = UnixStream::connect(&self.sock).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, "domain-sock");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .expect("a request");
-        let res = sender.send_request(req).await.expect("an answer");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .expect("the body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send("GET", path, &[], "").await
-    }
-
-    async fn put(&self, path: &str, body: &str) -> Reply {
-        self.send("PUT", path, &[("content-type", "application/json")], body)
-            .await
-    }
-
-    async fn patch(&self, body: &str) -> Reply {
-        self.send(
-            "PATCH",
-            "/fleet/v1/machines",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
-    }
-
-    /// Every key stored under the test's prefix, with its value and
-    /// `mod_revision`: unchanged means nothing was written (the store's own
-    /// revision is shared with the other tests on the same etcd).
-    async fn stored(&self) -> Vec<(String, Vec<u8>, i64)> {
-        let (kvs, _) = self
-            .registry
-            .kv()
-            .list(&self.prefix)
-            .await
-            .expect("list the test's keys");
-        kvs.into_iter()
-            .map(|kv| (kv.key, kv.value, kv.mod_revision))
-            .collect()
-    }
-
-    /// Register a machine with config metadata.
-    async fn machine(&self, id: &str, ip: &str, metadata: &[(&str, &str)]) -> LeaseId {
-        let lease = self
-            .registry
-            .grant_lease(Duration::from_secs(3600))
-            .await
-            .unwrap();
-        let record = MachineRecord {
-            id: id.parse().unwrap(),
-            public_ip: ip.to_owned(),
-            metadata: metadata
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            capabilities: Capabilities::default(),
-            version: fleetd::VERSION.to_owned(),
-            token: format!("token-{id}"),
-        };
-        self.registry
-            .register_machine(&record, lease)
-            .await
-            .unwrap();
-        lease
-    }
-
-    /// Store a unit directly.
-    async fn unit(
-        &self,
-        name: &str,
-        desired: TargetState,
-        options: &[(&str, &str, &str)],
-    ) -> UnitRecord {
-        let record = UnitRecord {
-            name: name.parse().unwrap(),
-            desired_state: desired,
-            options: options
-                .iter()
-                .map(|(s, n, v)| units::UnitOption::new(*s, *n, *v))
-                .collect(),
-        };
-        self.registry.put_unit(&record).await.unwrap();
-        record
-    }
-
-    /// Schedule `unit` to `machine` as the engine would.
-    async fn schedule(&self, unit: &UnitRecord, machine: &str, lease: LeaseId) {
-        let me: MachineId = machine.parse().unwrap();
-        let Some(fence) = self.registry.acquire_leadership(&me, lease).await.unwrap() else {
-            panic!("the test machine must lead");
-        };
-        let change = ScheduleChange::Put {
-            unit: unit.name.clone(),
-            machine: me,
-            entry: ScheduledUnit {
-                desired_state: TargetState::Launched,
-                hash: unit.hash(),
-                global: false,
-            },
-        };
-        self.registry
-            .apply_schedule(&fence, &[change])
-            .await
-            .unwrap();
-    }
-
-    /// Publish a unit state as an agent would.
-    async fn state(
-        &self,
-        unit: &str,
-        machine: &str,
-        lease: LeaseId,
-        hash: units::UnitHash,
-        job: TargetState,
-    ) {
-        let record = UnitStateRecord {
-            name: unit.parse().unwrap(),
-            machine_id: machine.parse().unwrap(),
-            load_state: "loaded".into(),
-            active_state: "active".into(),
-            sub_state: "running".into(),
-            unit_hash: hash,
-            job_state: job,
-        };
-        self.registry.publish_state(lease, &record).await.unwrap();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Serving, routing, readiness
@@ -1329,8 +1045,8 @@ async fn pagination_at_the_default_limit<K: Kv>(kv: K) {
     }
     let first: fleetd::schema::UnitPage =
         serde_json::from_str(&s.get("/fleet/v1/units").await.body).unwrap();
-    assert_eq!(first.units.len(), 100);
-    assert_eq!(first.units[0].name, "u000.service");
+    assert_eq!(first.items.len(), 100);
+    assert_eq!(first.items[0].name, "u000.service");
     assert_eq!(first.next_page_token.as_deref(), Some("ZAACAA=="));
     s.get("/fleet/v1/units?nextPageToken=ZAACAA==&alt=json")
         .await

@@ -30,6 +30,11 @@ const HELLO_INSTALL: &str = "[Unit]\nDescription=Hello's companion\nPartOf=hello
 /// fleet's etcd key prefix (the cluster uses the default).
 const PREFIX: &str = "/_coreos.com/fleet/";
 
+/// systemd's (load, active, sub) states of a running unit.
+const RUNNING: [&str; 3] = ["loaded", "active", "running"];
+/// systemd's (load, active, sub) states of a loaded unit that is not running.
+const STOPPED: [&str; 3] = ["loaded", "inactive", "dead"];
+
 /// Writes unit files into a temporary directory; returns it and the paths.
 fn unit_files(units: &[(&str, &str)]) -> anyhow::Result<(tempfile::TempDir, Vec<String>)> {
     let dir = tempfile::tempdir()?;
@@ -126,15 +131,6 @@ async fn wait_listed(cluster: &Cluster, fields: &str, row: &[&str]) -> anyhow::R
     .map(|_| ())
 }
 
-/// The whole fleet journal of member `i`, messages only.
-async fn journal(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    let out = cluster.members[i]
-        .machine
-        .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
-        .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// An etcd client for the cluster's etcd.
 async fn etcd(cluster: &Cluster) -> anyhow::Result<etcd_client::Client> {
     etcd_client::Client::connect([cluster.etcd.endpoint()], None)
@@ -196,7 +192,7 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
         &["hello.service", &hash, "loaded", "inactive", "dead", &me],
     )
     .await?;
-    wait_systemd(&cluster, 0, "hello.service", ["loaded", "inactive", "dead"]).await?;
+    wait_systemd(&cluster, 0, "hello.service", STOPPED).await?;
     let unit_file = cluster.members[0]
         .machine
         .root_path("/run/fleet/units/hello.service");
@@ -204,13 +200,7 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
 
     // start → active/running, in fleet and in systemd.
     fleetctl_ok(&cluster, &["start", "hello.service"]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello.service", RUNNING).await?;
     wait_listed(
         &cluster,
         fields,
@@ -220,7 +210,7 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
 
     // stop → inactive, still loaded.
     fleetctl_ok(&cluster, &["stop", "hello.service"]).await?;
-    wait_systemd(&cluster, 0, "hello.service", ["loaded", "inactive", "dead"]).await?;
+    wait_systemd(&cluster, 0, "hello.service", STOPPED).await?;
     wait_listed(
         &cluster,
         fields,
@@ -256,13 +246,7 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
     // [Install] WantedBy=hello.service: enabled when loaded, and started and
     // stopped by systemd together with hello.service, never by fleet.
     fleetctl_ok(&cluster, &["load", &paths[0], &paths[1]]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello-install.service",
-        ["loaded", "inactive", "dead"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello-install.service", STOPPED).await?;
     let enabled = cluster.members[0]
         .machine
         .systemctl(&["is-enabled", "hello-install.service"])
@@ -273,20 +257,8 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
         "hello-install.service is {enabled:?}, not enabled"
     );
     fleetctl_ok(&cluster, &["start", "hello.service"]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello-install.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello.service", RUNNING).await?;
+    wait_systemd(&cluster, 0, "hello-install.service", RUNNING).await?;
     wait_listed(
         &cluster,
         "unit,active",
@@ -294,21 +266,9 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
     )
     .await?;
     fleetctl_ok(&cluster, &["stop", "hello.service"]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello-install.service",
-        ["loaded", "inactive", "dead"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello-install.service", STOPPED).await?;
     fleetctl_ok(&cluster, &["start", "hello.service"]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello-install.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello-install.service", RUNNING).await?;
 
     // SIGHUP: the new config applies (new metadata), the process, the
     // sockets and the units stay.
@@ -375,7 +335,8 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
         "a state dump in the journal",
         Duration::from_secs(20),
         || async {
-            Ok(journal(&cluster, 0)
+            Ok(cluster
+                .fleet_messages(0)
                 .await?
                 .lines()
                 .find(|l| l.contains("SIGUSR1: state dump"))
@@ -413,23 +374,52 @@ async fn unit_flow_install_reload_and_dump() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_adopts_the_running_unit() -> anyhow::Result<()> {
+/// A one-member cluster running hello.service, started through fleetctl,
+/// and what the agent tests watch of it.
+struct RunningHello {
+    cluster: Cluster,
+    /// Member 0's machine ID.
+    me: String,
+    /// Holds hello.service's unit file.
+    _dir: tempfile::TempDir,
+    /// hello.service's main PID.
+    hello: u32,
+    /// fleetd's PID.
+    fleetd: u32,
+    /// A client of the cluster's etcd.
+    etcd: etcd_client::Client,
+    /// The key of hello.service's state under [`PREFIX`].
+    state_key: String,
+}
+
+async fn running_hello() -> anyhow::Result<RunningHello> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let me = cluster.members[0].machine.machine_id().to_owned();
-    let (_dir, paths) = unit_files(&[("hello.service", HELLO)])?;
+    let (dir, paths) = unit_files(&[("hello.service", HELLO)])?;
     fleetctl_ok(&cluster, &["start", &paths[0]]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
-    let hello = cluster.main_pid(0, "hello.service").await?;
-    let fleetd = cluster.main_pid(0, "fleet.service").await?;
-    let etcd = etcd(&cluster).await?;
-    let state_key = format!("states/hello.service/{me}");
+    wait_systemd(&cluster, 0, "hello.service", RUNNING).await?;
+    Ok(RunningHello {
+        hello: cluster.main_pid(0, "hello.service").await?,
+        fleetd: cluster.main_pid(0, "fleet.service").await?,
+        etcd: etcd(&cluster).await?,
+        state_key: format!("states/hello.service/{me}"),
+        me,
+        _dir: dir,
+        cluster,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_adopts_the_running_unit() -> anyhow::Result<()> {
+    let RunningHello {
+        cluster,
+        me,
+        _dir,
+        hello,
+        fleetd,
+        etcd,
+        state_key,
+    } = running_hello().await?;
     let (_, old_lease) = wait_until(
         "hello.service's state in etcd",
         Duration::from_secs(30),
@@ -497,21 +487,15 @@ async fn kill_dash_nine_adopts_the_running_unit() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_cut_from_etcd_stops_nothing() -> anyhow::Result<()> {
     // One member: nothing can be rescheduled, so only the agent is tested.
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let me = cluster.members[0].machine.machine_id().to_owned();
-    let (_dir, paths) = unit_files(&[("hello.service", HELLO)])?;
-    fleetctl_ok(&cluster, &["start", &paths[0]]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
-    let hello = cluster.main_pid(0, "hello.service").await?;
-    let fleetd = cluster.main_pid(0, "fleet.service").await?;
-    let etcd = etcd(&cluster).await?;
-    let state_key = format!("states/hello.service/{me}");
+    let RunningHello {
+        cluster,
+        me,
+        _dir,
+        hello,
+        fleetd,
+        etcd,
+        state_key,
+    } = running_hello().await?;
 
     cluster.cut(0)?;
     let cut_at = Instant::now();
@@ -594,13 +578,7 @@ async fn stopping_fleet_moves_its_units_elsewhere() -> anyhow::Result<()> {
         (1, 0)
     };
     let other = cluster.members[to].machine.machine_id().to_owned();
-    wait_systemd(
-        &cluster,
-        from,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
+    wait_systemd(&cluster, from, "hello.service", RUNNING).await?;
 
     cluster.stop_fleet(from).await?;
     assert_eq!(
@@ -634,37 +612,14 @@ async fn stopping_fleet_moves_its_units_elsewhere() -> anyhow::Result<()> {
     );
     assert!(machines.contains(&other), "{machines}");
     // The engine places the unit on the other machine.
-    wait_systemd(
-        &cluster,
-        to,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
+    wait_systemd(&cluster, to, "hello.service", RUNNING).await?;
     wait_until(
         "list-units to show hello.service on the other machine",
         Duration::from_secs(30),
-        || async {
-            let out = cluster
-                .fleetctl_via(
-                    to,
-                    &[
-                        "list-units",
-                        "--no-legend",
-                        "--full",
-                        "--fields",
-                        "unit,active,machine",
-                    ],
-                )
-                .await?;
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        },
-        |text| {
-            text.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.first() == Some(&"hello.service")
-                    && f.get(1) == Some(&"active")
-                    && f.get(2).is_some_and(|m| m.starts_with(other.as_str()))
+        || cluster.list_units_via(to),
+        |rows| {
+            rows.iter().any(|(unit, active, machine)| {
+                unit == "hello.service" && active == "active" && machine.starts_with(other.as_str())
             })
         },
     )
@@ -685,20 +640,8 @@ async fn a_second_host_with_the_same_machine_id_is_refused() -> anyhow::Result<(
     let (_dir, paths) = unit_files(&[("hello.service", HELLO), ("loaded.service", HELLO)])?;
     fleetctl_ok(&cluster, &["start", &paths[0]]).await?;
     fleetctl_ok(&cluster, &["load", &paths[1]]).await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "hello.service",
-        ["loaded", "active", "running"],
-    )
-    .await?;
-    wait_systemd(
-        &cluster,
-        0,
-        "loaded.service",
-        ["loaded", "inactive", "dead"],
-    )
-    .await?;
+    wait_systemd(&cluster, 0, "hello.service", RUNNING).await?;
+    wait_systemd(&cluster, 0, "loaded.service", STOPPED).await?;
     let hello = cluster.main_pid(0, "hello.service").await?;
 
     let twin = cluster.add_member(Some(&id)).await?;
@@ -708,7 +651,7 @@ async fn a_second_host_with_the_same_machine_id_is_refused() -> anyhow::Result<(
     let refused = wait_until(
         "the twin's fleetd to refuse the machine ID twice",
         Duration::from_secs(60),
-        || journal(&cluster, twin),
+        || cluster.fleet_messages(twin),
         |text| {
             text.matches("is already registered by another host")
                 .count()

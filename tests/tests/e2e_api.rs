@@ -22,11 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use fleetd::registry::{EtcdKv, Kv};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use testbed::cluster::{API_PORT, Cluster, ClusterOptions, check};
+use testbed::http::Reply;
 use testbed::util::{require_tool, wait_until};
 
 const HELLO: &str = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100000\n";
@@ -46,13 +43,6 @@ type BadPut<'a> = (
     &'a str,
 );
 
-/// One HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-}
-
 /// One request on a fresh TCP connection to `addr`.
 async fn http(
     addr: &str,
@@ -61,36 +51,7 @@ async fn http(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> anyhow::Result<Reply> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::from(body)))?;
-        let res = sender
-            .send_request(req)
-            .await
-            .with_context(|| format!("{method} {path}: no answer"))?;
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("{method} {path}: no answer within {HTTP_TIMEOUT:?}"))?
+    testbed::http::request(addr, method, path, headers, body, HTTP_TIMEOUT).await
 }
 
 /// The message of an error body.

@@ -104,16 +104,6 @@ async fn put_raw(kv: &EtcdKv, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fleetctl start` of units written to a temporary directory.
-async fn start_units(cluster: &Cluster, names: &[&str]) -> anyhow::Result<()> {
-    let units: Vec<(&str, &str)> = names.iter().map(|n| (*n, SLEEPER)).collect();
-    let dir = testbed::cluster::unit_files(&units)?;
-    let out = cluster
-        .fleetctl_files(0, &["start", "--no-block"], dir.path(), names)
-        .await?;
-    check(&out, "fleetctl start")
-}
-
 /// Waits until every one of `units` is active in some member's systemd.
 async fn wait_running(cluster: &Cluster, units: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
     wait_until(
@@ -168,7 +158,9 @@ async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
     let endpoint = cluster.members[0].endpoint();
 
     // --- Phase 1: garbage beside a running unit ---------------------------
-    start_units(cluster, &["hello.service"]).await?;
+    cluster
+        .start_units_no_block(&["hello.service"], SLEEPER)
+        .await?;
     let placed = wait_running(cluster, &["hello.service"]).await?;
     let host = placed
         .iter()
@@ -240,7 +232,9 @@ async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
     }
 
     // The engine still schedules: a new unit runs.
-    start_units(cluster, &["after.service"]).await?;
+    cluster
+        .start_units_no_block(&["after.service"], SLEEPER)
+        .await?;
     wait_running(cluster, &["hello.service", "after.service"]).await?;
 
     // The running unit was never stopped or restarted.

@@ -22,11 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use fleetd::registry::{EtcdKv, Kv, Op, Txn};
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use testbed::cluster::{API_PORT, Cluster, ClusterOptions, check, unit_files};
+use testbed::cluster::{API_PORT, Cluster, ClusterOptions};
 use testbed::etcd::{EtcdCluster, EtcdOptions};
 use testbed::util::wait_until;
 
@@ -147,30 +143,8 @@ async fn requests_fail_over_to_live_members() -> anyhow::Result<()> {
 
 /// `GET path` on a fresh connection to `addr`: the status and body.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method("GET")
-            .uri(path)
-            .header("host", addr)
-            .body(Empty::<Bytes>::new())?;
-        let res = sender
-            .send_request(req)
-            .await
-            .with_context(|| format!("GET {path}: no answer"))?;
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("GET {path} on {addr}: no answer within {HTTP_TIMEOUT:?}"))?
+    let r = testbed::http::request(addr, "GET", path, &[], Vec::new(), HTTP_TIMEOUT).await?;
+    Ok((r.status, r.body))
 }
 
 /// One poll of the API: list-units through member `via`, `GET
@@ -273,26 +247,18 @@ async fn wait_running(
     }
 }
 
-/// `fleetctl start --no-block` for `names` written into a fresh directory.
+/// Starts `names` (each with content [`UNIT`]) without waiting.
 async fn start_units(cluster: &Cluster, names: &[String]) -> anyhow::Result<()> {
-    let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), UNIT)).collect();
-    let dir = unit_files(&files)?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let out = cluster
-        .fleetctl_files(0, &["start", "--no-block"], dir.path(), &names)
-        .await?;
-    check(&out, &format!("fleetctl start {names:?}"))
+    cluster.start_units_no_block(&names, UNIT).await
 }
 
 /// The lines of fleet's whole journal in member `i` that say its machine
 /// lease was lost.
 async fn lease_losses(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<String>> {
-    let out = cluster.members[i]
-        .machine
-        .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
-        .await?;
-    check(&out, "journalctl -u fleet")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(cluster
+        .fleet_messages(i)
+        .await?
         .lines()
         .filter(|l| l.contains("lease lost"))
         .map(str::to_owned)

@@ -136,9 +136,14 @@ async fn unit_files(ctl: &Fleetctl, ep: &str) -> Vec<String> {
         .collect()
 }
 
+/// `<name> <states>` for each of `names`: a listing's expected lines.
+fn each(names: &[&str], states: &str) -> Vec<String> {
+    names.iter().map(|n| format!("{n} {states}")).collect()
+}
+
 /// Waits until `list-units --no-legend --fields=unit,active` (normalized to
 /// `unit active` lines) equals `want`.
-async fn wait_list_units(ctl: &Fleetctl, ep: &str, want: &[&str]) -> anyhow::Result<()> {
+async fn wait_list_units(ctl: &Fleetctl, ep: &str, want: &[String]) -> anyhow::Result<()> {
     wait_until(
         &format!("list-units showing {want:?}"),
         Duration::from_secs(30),
@@ -156,7 +161,7 @@ async fn wait_list_units(ctl: &Fleetctl, ep: &str, want: &[&str]) -> anyhow::Res
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect::<Vec<_>>())
         },
-        |lines| lines == want,
+        |lines| lines.as_slice() == want,
     )
     .await?;
     Ok(())
@@ -206,51 +211,22 @@ async fn unit_commands_lists_help_and_drivers() -> anyhow::Result<()> {
     );
     assert_eq!(
         unit_files(&ctl, ep).await,
-        [
-            "a.service inactive inactive",
-            "b.service inactive inactive",
-            "c.service inactive inactive"
-        ]
+        each(&names, "inactive inactive")
     );
     wait_list_units(&ctl, ep, &[]).await?;
 
     let r = ctl.ok(ep, &[&["load"][..], &names].concat()).await;
     assert_eq!(r.stdout.matches(" loaded on ").count(), 3, "{r:?}");
-    assert_eq!(
-        unit_files(&ctl, ep).await,
-        [
-            "a.service loaded loaded",
-            "b.service loaded loaded",
-            "c.service loaded loaded"
-        ]
-    );
-    wait_list_units(
-        &ctl,
-        ep,
-        &[
-            "a.service inactive",
-            "b.service inactive",
-            "c.service inactive",
-        ],
-    )
-    .await?;
+    assert_eq!(unit_files(&ctl, ep).await, each(&names, "loaded loaded"));
+    wait_list_units(&ctl, ep, &each(&names, "inactive")).await?;
 
     let r = ctl.ok(ep, &[&["start"][..], &names].concat()).await;
     assert_eq!(r.stdout.matches(" launched on ").count(), 3, "{r:?}");
     assert_eq!(
         unit_files(&ctl, ep).await,
-        [
-            "a.service launched launched",
-            "b.service launched launched",
-            "c.service launched launched"
-        ]
+        each(&names, "launched launched")
     );
-    wait_list_units(
-        &ctl,
-        ep,
-        &["a.service active", "b.service active", "c.service active"],
-    )
-    .await?;
+    wait_list_units(&ctl, ep, &each(&names, "active")).await?;
 
     // restart: each unit runs again, as a new process.
     let before = main_pid(&cluster, "a.service").await?;
@@ -260,12 +236,7 @@ async fn unit_commands_lists_help_and_drivers() -> anyhow::Result<()> {
             .contains("Successfully restarted units [a.service b.service c.service]."),
         "{r:?}"
     );
-    wait_list_units(
-        &ctl,
-        ep,
-        &["a.service active", "b.service active", "c.service active"],
-    )
-    .await?;
+    wait_list_units(&ctl, ep, &each(&names, "active")).await?;
     let after = main_pid(&cluster, "a.service").await?;
     assert_ne!(before, after, "restart gave a.service a new process");
 
@@ -275,34 +246,14 @@ async fn unit_commands_lists_help_and_drivers() -> anyhow::Result<()> {
             .contains("Successfully stopped units [a.service b.service c.service]."),
         "{r:?}"
     );
-    assert_eq!(
-        unit_files(&ctl, ep).await,
-        [
-            "a.service loaded loaded",
-            "b.service loaded loaded",
-            "c.service loaded loaded"
-        ]
-    );
-    wait_list_units(
-        &ctl,
-        ep,
-        &[
-            "a.service inactive",
-            "b.service inactive",
-            "c.service inactive",
-        ],
-    )
-    .await?;
+    assert_eq!(unit_files(&ctl, ep).await, each(&names, "loaded loaded"));
+    wait_list_units(&ctl, ep, &each(&names, "inactive")).await?;
 
     let r = ctl.ok(ep, &[&["unload"][..], &names].concat()).await;
     assert!(r.stderr.contains("Successfully unloaded units"), "{r:?}");
     assert_eq!(
         unit_files(&ctl, ep).await,
-        [
-            "a.service inactive inactive",
-            "b.service inactive inactive",
-            "c.service inactive inactive"
-        ]
+        each(&names, "inactive inactive")
     );
     wait_list_units(&ctl, ep, &[]).await?;
 

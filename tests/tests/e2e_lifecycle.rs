@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use testbed::cluster::{Cluster, ClusterOptions, check, unit_files};
+use testbed::cluster::{Cluster, ClusterOptions, check};
 use testbed::util::wait_until;
 
 const HELLO: &str = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100000\n";
@@ -39,15 +39,6 @@ async fn run_of(cluster: &Cluster, i: usize, unit: &str) -> anyhow::Result<Run> 
             .show(i, unit, "ActiveEnterTimestampMonotonic")
             .await?,
     })
-}
-
-/// The journal of fleet in member `i`, messages only.
-async fn journal(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    let out = cluster.members[i]
-        .machine
-        .exec(&["journalctl", "-u", "fleet", "--no-pager", "-o", "cat"])
-        .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Waits until a fleetd other than `old` runs in member `i`, is active
@@ -126,13 +117,7 @@ async fn restarts_upgrades_and_crashes_adopt_the_running_unit_and_a_shutdown_han
         ..ClusterOptions::default()
     })
     .await?;
-    let dir = unit_files(&[("hello.service", HELLO)])?;
-    check(
-        &cluster
-            .fleetctl_files(0, &["start"], dir.path(), &["hello.service"])
-            .await?,
-        "fleetctl start hello.service",
-    )?;
+    cluster.start_units(&["hello.service"], HELLO).await?;
     let (placed, i) = wait_until(
         "hello.service running somewhere",
         Duration::from_secs(30),
@@ -164,7 +149,7 @@ async fn restarts_upgrades_and_crashes_adopt_the_running_unit_and_a_shutdown_han
         "systemctl restart fleet",
     )
     .await?;
-    let text = journal(&cluster, i).await?;
+    let text = cluster.fleet_messages(i).await?;
     assert!(
         text.contains("systemd is restarting fleet.service (a restart job)"),
         "the journal does not say why the units stay:\n{text}"
@@ -260,13 +245,7 @@ async fn fleetd_started_during_an_etcd_outage_waits_without_stopping_anything() 
     // One member: nothing can be moved, only this machine's fleetd is tested.
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let me = cluster.members[0].machine.machine_id().to_owned();
-    let dir = unit_files(&[("hello.service", HELLO)])?;
-    check(
-        &cluster
-            .fleetctl_files(0, &["start"], dir.path(), &["hello.service"])
-            .await?,
-        "fleetctl start hello.service",
-    )?;
+    cluster.start_units(&["hello.service"], HELLO).await?;
     wait_until(
         "hello.service active",
         Duration::from_secs(30),

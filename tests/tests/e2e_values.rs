@@ -18,11 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use fleetd::registry::{EtcdKv, Kv};
 use fleetd::schema::UnitRecord;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use testbed::cluster::{API_PORT, Cluster, ClusterOptions, check};
+use testbed::http::Reply;
 use testbed::util::wait_until;
 use units::{UnitFile, UnitOption};
 
@@ -67,43 +64,10 @@ const CASES: [Case; 3] = [
     },
 ];
 
-/// One HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-/// One request on a fresh TCP connection to `addr`.
+/// One request with a JSON body on a fresh TCP connection to `addr`.
 async fn http(addr: &str, method: &str, path: &str, body: String) -> anyhow::Result<Reply> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        let res = sender
-            .send_request(req)
-            .await
-            .with_context(|| format!("{method} {path}: no answer"))?;
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("{method} {path}: no answer within {HTTP_TIMEOUT:?}"))?
+    let json = [("content-type", "application/json")];
+    testbed::http::request(addr, method, path, &json, body.into_bytes(), HTTP_TIMEOUT).await
 }
 
 /// `PUT /fleet/v1/units/<name>` launching a unit with one `ExecStart=`.

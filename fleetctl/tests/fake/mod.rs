@@ -28,8 +28,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use fleetd::schema::{
-    ErrorBody, ErrorDetail, Machine, MachinePage, TargetState, Unit, UnitOption, UnitPage,
-    UnitState, UnitStatePage,
+    ErrorBody, ErrorDetail, Machine, Page, PageItem, TargetState, Unit, UnitOption, UnitState,
 };
 use units::{Requirements, UnitFile, UnitName};
 
@@ -167,6 +166,18 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Answers with the page of `items` a token asks for, or a 400 for a bad
+/// token.
+fn page_answer<T>(items: &[T], query: &HashMap<String, String>) -> Response
+where
+    T: Clone + PageItem + serde::Serialize,
+{
+    match page(items, query) {
+        Some(page) => Json(Page::from(page)).into_response(),
+        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
+    }
+}
+
 /// Cuts `items` into the page a token asks for: tokens are `p<N>==`, which
 /// only survive the trip if the client URL-encodes them. `None` for a bad
 /// token.
@@ -204,6 +215,16 @@ fn log(state: &Shared, method: &Method, path: &str, raw: Option<&str>) {
     lock(state).requests.push(line);
 }
 
+/// Logs a request for `/fleet/v1/<collection>/<name>`.
+fn log_item(state: &Shared, method: &Method, collection: &str, name: &str, raw: Option<&str>) {
+    log(
+        state,
+        method,
+        &format!("/fleet/v1/{collection}/{name}"),
+        raw,
+    );
+}
+
 async fn list_units(
     State(s): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -216,14 +237,7 @@ async fn list_units(
         .iter()
         .map(|(n, r)| unit_json(n, r, true))
         .collect();
-    match page(&all, &q) {
-        Some((units, next_page_token)) => Json(UnitPage {
-            next_page_token,
-            units,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&all, &q)
 }
 
 async fn get_unit(
@@ -231,12 +245,7 @@ async fn get_unit(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::GET,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::GET, "units", &name, raw.as_deref());
     let mut fake = lock(&s);
     if let Some(rec) = fake.units.get(&name) {
         return Json(unit_json(&name, rec, false)).into_response();
@@ -258,12 +267,7 @@ async fn put_unit(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    log(
-        &s,
-        &Method::PUT,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::PUT, "units", &name, raw.as_deref());
     let json = headers
         .get_all("content-type")
         .iter()
@@ -348,12 +352,7 @@ async fn delete_unit(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::DELETE,
-        &format!("/fleet/v1/units/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::DELETE, "units", &name, raw.as_deref());
     let mut fake = lock(&s);
     match fake.units.remove(&name) {
         Some(rec) => {
@@ -378,14 +377,7 @@ async fn list_states(
         .iter()
         .flat_map(|(n, r)| states_of(n, r))
         .collect();
-    match page(&all, &q) {
-        Some((states, next_page_token)) => Json(UnitStatePage {
-            next_page_token,
-            states,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&all, &q)
 }
 
 async fn get_state(
@@ -393,12 +385,7 @@ async fn get_state(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    log(
-        &s,
-        &Method::GET,
-        &format!("/fleet/v1/state/{name}"),
-        raw.as_deref(),
-    );
+    log_item(&s, &Method::GET, "state", &name, raw.as_deref());
     let fake = lock(&s);
     match fake
         .units
@@ -417,14 +404,7 @@ async fn list_machines(
 ) -> Response {
     log(&s, &Method::GET, "/fleet/v1/machines", raw.as_deref());
     stall(&s).await;
-    match page(&machines(), &q) {
-        Some((machines, next_page_token)) => Json(MachinePage {
-            machines,
-            next_page_token,
-        })
-        .into_response(),
-        None => error(StatusCode::BAD_REQUEST, "invalid page token"),
-    }
+    page_answer(&machines(), &q)
 }
 
 fn router(state: Shared) -> Router {

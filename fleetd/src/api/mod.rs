@@ -16,6 +16,9 @@
 //!   the accept loops with graceful shutdown, and what one client may take
 //!   ([`ServeOptions`]: header and body read timeouts, connections per
 //!   listener).
+//! - `testing.rs` (tests and feature `test-support` only): [`testing::TestServer`],
+//!   the API on a temporary socket with a client, for fleetd's unit tests and
+//!   the contract suite.
 //! - `discovery.json`: the original's discovery document, unchanged, served at
 //!   `/discovery`; `discovery-extensions.json`: what we serve beyond it
 //!   (metadata `PATCH /machines`), served at `/discovery/extensions`.
@@ -40,6 +43,8 @@ mod routes;
 mod serve;
 mod snapshot;
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -22,7 +22,7 @@ use crate::client::{FleetApi, RegistryClient};
 use crate::metrics::ClusterSource;
 use crate::registry::Kv;
 use crate::schema::request::{self, MetadataChange};
-use crate::schema::{Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage};
+use crate::schema::{Machine, Page, Unit, UnitState};
 
 /// The two prefixes the API is served under.
 pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -226,11 +226,7 @@ async fn machines<K: Kv>(State(s): Shared<K>, req: Request) -> Answer {
                 .machines
                 .get("", token.page == 1, s.client.machines())
                 .await?;
-            let (machines, next_page_token) = token.slice(&all);
-            ok_json(&MachinePage {
-                machines,
-                next_page_token,
-            })
+            ok_json(&Page::from(token.slice(&all)))
         }
         Method::PATCH => patch_machines(&s, req).await,
         _ => Err(ApiError::method_not_allowed(ONLY_GET_PATCH)),
@@ -268,11 +264,7 @@ async fn unit_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Answ
     }
     let token = PageToken::from_query(&query_pairs(&uri), s.token_limit)?;
     let all = s.units.get("", token.page == 1, s.client.units()).await?;
-    let (units, next_page_token) = token.slice(&all);
-    ok_json(&UnitPage {
-        next_page_token,
-        units,
-    })
+    ok_json(&Page::from(token.slice(&all)))
 }
 
 /// `GET`, `PUT` and `DELETE /units/<name>`.
@@ -359,11 +351,7 @@ async fn state_list<K: Kv>(State(s): Shared<K>, method: Method, uri: Uri) -> Ans
             s.client.unit_states_matching(unit, machine),
         )
         .await?;
-    let (states, next_page_token) = token.slice(&all);
-    ok_json(&UnitStatePage {
-        next_page_token,
-        states,
-    })
+    ok_json(&Page::from(token.slice(&all)))
 }
 
 /// `GET /state/<name>`: the state of a unit on the first machine (by ID)

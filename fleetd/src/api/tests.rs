@@ -10,178 +10,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
+use hyper::Request;
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST, SERVER};
-use hyper::{HeaderMap, Request};
+use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::testing::TestServer;
 use super::*;
 use crate::registry::{MemKv, Registry};
 
-/// An API server on a temporary unix socket.
-struct Server {
-    /// The registry the server works on, for seeding and inspection.
-    registry: Registry<MemKv>,
-    /// Keeps the readiness gate open.
-    _ready: watch::Sender<bool>,
-    /// The socket.
-    sock: PathBuf,
-    /// Ends the server.
-    stop: Option<oneshot::Sender<()>>,
-    /// The serving task.
-    task: Option<JoinHandle<std::io::Result<()>>>,
-    /// Keeps the socket's directory.
-    _dir: tempfile::TempDir,
-}
-
-/// One answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    /// Asserts the status and the exact body, and the headers every answer
-    /// carries.
-    #[track_caller]
-    fn expect(&self, status: u16, body: &str) {
-        assert_eq!(
-            (self.status, self.body.as_str()),
-            (status, body),
-            "{self:?}"
-        );
-        assert_eq!(
-            self.header(SERVER.as_str()),
-            Some(format!("fleetd/{}", crate::VERSION).as_str())
-        );
-    }
-
-    /// Asserts a JSON answer.
-    #[track_caller]
-    fn expect_json(&self, status: u16, body: &str) {
-        self.expect(status, body);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-    }
-
-    /// Asserts an error answer.
-    #[track_caller]
-    fn expect_error(&self, status: u16, message: &str) {
-        let body = serde_json::json!({"error": {"code": status, "message": message}}).to_string();
-        self.expect_json(status, &body);
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 const MACHINE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const HELLO: &str = r#"{"desiredState":"launched","options":[{"section":"Service","name":"ExecStart","value":"/bin/sleep 1000"}]}"#;
-
-impl Server {
-    /// A ready server with the default page size.
-    async fn start() -> Self {
-        Self::start_with(100, true).await
-    }
-
-    async fn start_with(token_limit: u16, ready: bool) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let sock = dir.path().join("fleet.sock");
-        let registry = Registry::new(MemKv::new(), "/fleet-test/");
-        let (ready_tx, ready_rx) = watch::channel(ready);
-        let app = router(
-            RegistryClient::new(registry.clone()),
-            ApiOptions {
-                token_limit,
-                ready: ready_rx,
-            },
-        );
-        let listener = bind_unix(&sock).expect("bind the test socket");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(app, vec![listener], async move {
-            let _ = stop_rx.await;
-        }));
-        Server {
-            registry,
-            _ready: ready_tx,
-            sock,
-            stop: Some(stop_tx),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    /// Stop the server and wait for it.
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("the server task").expect("serve");
-        }
-    }
-
-    /// Send a request with these headers and body.
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let stream = UnixStream::connect(&self.sock).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, "domain-sock");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .expect("a request");
-        let res = sender.send_request(req).await.expect("an answer");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .expect("the body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send("GET", path, &[], "").await
-    }
-
-    async fn put(&self, path: &str, body: &str) -> Reply {
-        self.send("PUT", path, &[("content-type", "application/json")], body)
-            .await
-    }
-
-    async fn patch(&self, body: &str) -> Reply {
-        self.send(
-            "PATCH",
-            "/fleet/v1/machines",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Listeners and shutdown
@@ -263,7 +105,7 @@ async fn no_socket_activation_without_listen_pid() {
 
 #[tokio::test]
 async fn registry_failures_are_500s_without_details() {
-    let s = Server::start().await;
+    let s = TestServer::start(MemKv::new()).await;
     s.put("/fleet/v1/units/hello.service", HELLO)
         .await
         .expect(201, "");
@@ -332,11 +174,17 @@ async fn start_get(sock: &std::path::Path, path: &str) -> JoinHandle<Result<u16,
     handle
 }
 
-#[tokio::test]
-async fn shutdown_finishes_in_flight_requests() {
+/// [`slow_router`] on `s.sock` in the returned directory, draining for up
+/// to `deadline` once the returned sender fires.
+fn serve_slow(
+    deadline: Duration,
+) -> (
+    tempfile::TempDir,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("s.sock");
-    let listener = bind_unix(&sock).unwrap();
+    let listener = bind_unix(dir.path().join("s.sock")).unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(serve_with_deadline(
         slow_router(),
@@ -344,8 +192,15 @@ async fn shutdown_finishes_in_flight_requests() {
         async move {
             let _ = stop_rx.await;
         },
-        Duration::from_secs(5),
+        deadline,
     ));
+    (dir, stop_tx, server)
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    let (dir, stop_tx, server) = serve_slow(Duration::from_secs(5));
+    let sock = dir.path().join("s.sock");
     let slow = start_get(&sock, "/slow").await;
     stop_tx.send(()).unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), 200);
@@ -358,18 +213,8 @@ async fn shutdown_finishes_in_flight_requests() {
 
 #[tokio::test]
 async fn shutdown_drops_requests_past_the_deadline() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, stop_tx, server) = serve_slow(Duration::from_millis(100));
     let sock = dir.path().join("s.sock");
-    let listener = bind_unix(&sock).unwrap();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with_deadline(
-        slow_router(),
-        vec![listener],
-        async move {
-            let _ = stop_rx.await;
-        },
-        Duration::from_millis(100),
-    ));
     let stuck = start_get(&sock, "/stuck").await;
     let started = std::time::Instant::now();
     stop_tx.send(()).unwrap();

@@ -55,9 +55,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::{Error, FleetApi, Refusal, Result};
 use crate::pem::PemError;
-use crate::schema::{
-    ErrorBody, Machine, MachinePage, TargetState, Unit, UnitPage, UnitState, UnitStatePage,
-};
+use crate::schema::{ErrorBody, Machine, Page, PageItem, TargetState, Unit, UnitState};
 
 /// The endpoint fleetctl uses when none is given.
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
@@ -685,13 +683,9 @@ impl HttpClient {
     }
 
     /// GETs every page of a listing, following `nextPageToken`.
-    async fn get_pages<P, T>(
-        &self,
-        path: &str,
-        split: impl Fn(P) -> (Vec<T>, Option<String>),
-    ) -> Result<Vec<T>>
+    async fn get_pages<T>(&self, path: &str) -> Result<Vec<T>>
     where
-        P: DeserializeOwned,
+        T: PageItem + DeserializeOwned,
     {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
@@ -700,11 +694,14 @@ impl HttpClient {
                 Some(t) => vec![("nextPageToken", t.as_str())],
                 None => Vec::new(),
             };
-            let page: P = self
+            let page: Page<T> = self
                 .get_json(self.uri(path, &query), false)
                 .await?
                 .ok_or_else(|| Error::Protocol(format!("no page for {path}")))?;
-            let (mut page_items, next) = split(page);
+            let Page {
+                next_page_token: next,
+                items: mut page_items,
+            } = page;
             items.append(&mut page_items);
             match next {
                 Some(next) if !next.is_empty() => {
@@ -806,10 +803,7 @@ fn decode<T: DeserializeOwned>(uri: &str, body: &[u8]) -> Result<T> {
 
 impl FleetApi for HttpClient {
     async fn machines(&self) -> Result<Vec<Machine>> {
-        self.get_pages("/machines", |p: MachinePage| {
-            (p.machines, p.next_page_token)
-        })
-        .await
+        self.get_pages("/machines").await
     }
 
     async fn unit(&self, name: &str) -> Result<Option<Unit>> {
@@ -817,13 +811,11 @@ impl FleetApi for HttpClient {
     }
 
     async fn units(&self) -> Result<Vec<Unit>> {
-        self.get_pages("/units", |p: UnitPage| (p.units, p.next_page_token))
-            .await
+        self.get_pages("/units").await
     }
 
     async fn unit_states(&self) -> Result<Vec<UnitState>> {
-        self.get_pages("/state", |p: UnitStatePage| (p.states, p.next_page_token))
-            .await
+        self.get_pages("/state").await
     }
 
     async fn unit_state(&self, name: &str) -> Result<Option<UnitState>> {
