@@ -336,30 +336,19 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
-/// Splits `host[:port]` (or `[v6]:port`), defaulting the port.
+/// Splits `host[:port]` (or `[v6]:port`), defaulting the port; a bare
+/// IPv6 address (`::1`, no brackets) is the host alone.
 ///
 /// # Errors
 ///
-/// A port that is not a number.
+/// No host, a port that is not a number, or text after `]` that is not a
+/// port.
 pub fn split_host_port(addr: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
-    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| anyhow!("bad address {addr:?}"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match addr.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => (h, Some(p)),
-            _ => (addr, None),
-        }
-    };
-    let port = match port {
-        None | Some("") => default_port,
-        Some(p) => p.parse().with_context(|| format!("bad port in {addr:?}"))?,
-    };
-    if host.is_empty() {
-        bail!("no host in {addr:?}");
+    if !addr.starts_with('[') && addr.matches(':').count() > 1 {
+        return Ok((addr.to_owned(), default_port));
     }
+    let (host, port) = fleetd::client::split_host_port(addr, default_port)
+        .ok_or_else(|| anyhow!("bad address {addr:?}: expected host, host:port or [v6]:port"))?;
     Ok((host.to_owned(), port))
 }
 
@@ -757,6 +746,11 @@ mod tests {
         assert_eq!(split_host_port("[::1]", 22).unwrap(), ("::1".into(), 22));
         assert!(split_host_port("a:x", 22).is_err());
         assert!(split_host_port(":22", 22).is_err());
+        assert!(split_host_port("[::1]x", 22).is_err());
+        assert_eq!(
+            split_host_port("fe80::1", 22).unwrap(),
+            ("fe80::1".into(), 22)
+        );
     }
 
     #[test]

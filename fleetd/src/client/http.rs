@@ -373,8 +373,8 @@ impl Endpoint {
 }
 
 /// Splits `host[:port]` (or `[v6][:port]`), defaulting the port to
-/// `default_port`.
-fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+/// `default_port`; `None` for no host, a bad port or a bare IPv6 address.
+pub fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         match after {

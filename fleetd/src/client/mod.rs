@@ -11,7 +11,9 @@
 pub(crate) mod http;
 pub(crate) mod registry;
 
-pub use http::{DEFAULT_ENDPOINT, HttpClient, Target, TlsOptions, endpoint_target};
+pub use http::{
+    DEFAULT_ENDPOINT, HttpClient, Target, TlsOptions, endpoint_target, split_host_port,
+};
 pub use registry::RegistryClient;
 
 use std::future::Future;
