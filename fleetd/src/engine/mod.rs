@@ -46,6 +46,9 @@
 //! machine's own, since `agent_ttl` is per-fleetd config: a leader with a
 //! longer `agent_ttl` holds a longer lease, as its presence outlives it
 //! longer. The price is a keep-alive every TTL/3, from the leader alone.
+//! With `disable_watches` the caches poll instead of watching, so the
+//! follower sees the vacancy, and the new leader the expired presence, each
+//! up to one interval late.
 //!
 //! **Metrics.** Each round (a pass, or one skipped as unchanged), the
 //! decisions tried and written, and why units were moved or left unplaced
