@@ -11,16 +11,18 @@
 //! *probe* unit after it and waits for the probe to run: any pass that
 //! placed the probe saw every unit created before it.
 //!
-//! Three tests, each on its own cluster (at most 7 machines at once with two
+//! Four tests, each on its own cluster (at most 7 machines at once with two
 //! test threads): the `[X-Fleet]` rules on one 3-machine cluster reset by
 //! destroying units between scenarios; membership changes (a new member, a
-//! stopped member, a reboot, leader failover) on 3 + 1 machines; and machine
+//! stopped member, a reboot, leader failover) on 3 + 1 machines; machine
 //! loss by network cut on 3 machines, whose failover time is asserted against
-//! `agent_ttl` + one reconcile interval and printed.
+//! `agent_ttl` + one reconcile interval and printed; and the loss of the
+//! machine that leads the engine, on 3 machines with fleetd's default
+//! interval, asserted against `agent_ttl` + 1 s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 use testbed::cluster::{Cluster, ClusterOptions, check, unit_files};
@@ -32,8 +34,9 @@ const WAIT: Duration = Duration::from_secs(40);
 /// The cluster defaults the machine-loss bound is computed from.
 const AGENT_TTL: Duration = Duration::from_secs(5);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-/// The engine lease: 5 × the reconcile interval.
-const ENGINE_LEASE_TTL: Duration = Duration::from_secs(5);
+/// The engine lease: 5 × the reconcile interval, but at most ⅔ of
+/// `agent_ttl` (3.33 s), which etcd rounds up to whole seconds.
+const ENGINE_LEASE_TTL: Duration = Duration::from_secs(4);
 /// Slack for the test's own observation: a poll every 100 ms that runs
 /// `systemctl is-active` in every machine (tens of ms each) and the agent's
 /// file write, daemon-reload and start of the unit.
@@ -241,6 +244,22 @@ async fn main_pids(cluster: &Cluster, p: &Placement) -> anyhow::Result<BTreeMap<
         }
     }
     Ok(out)
+}
+
+/// Heals cut member `victim`: it comes back to the 3-machine cluster,
+/// stops its stale copies, and every one of `units` runs exactly once again.
+async fn heal(cluster: &Cluster, victim: usize, via: usize, units: &[&str]) -> anyhow::Result<()> {
+    cluster.heal(victim)?;
+    cluster.wait_for_machines(3).await?;
+    wait_placement(
+        cluster,
+        via,
+        units,
+        "every unit running exactly once",
+        |p| p.values().all(|m| m.len() == 1),
+    )
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -878,19 +897,150 @@ async fn machine_loss_moves_units_within_agent_ttl() -> anyhow::Result<()> {
             "units of the lost member took {took:?} to run elsewhere, over {bound:?} + {OBSERVATION_MARGIN:?}"
         );
 
-        // Heal: the member comes back, stops its stale copies, and every
-        // unit runs exactly once again.
-        cluster.heal(victim)?;
-        cluster.wait_for_machines(3).await?;
-        wait_placement(
-            &cluster,
-            via,
-            &names,
-            "every unit running exactly once",
-            |p| p.values().all(|m| m.len() == 1),
-        )
-        .await?;
+        heal(&cluster, victim, via, &names).await?;
     }
     println!("machine loss failover times: {measured:?}");
     Ok(())
+}
+
+/// The machine that leads the engine is cut off the network: its units run
+/// elsewhere within `agent_ttl` + 1 s, the bound of any other machine's loss
+/// (the engine lease must not outlive the leader's presence). fleetd's
+/// default `engine_reconcile_interval` (2 s), whose 5 × (10 s) was the lease
+/// TTL, with `agent_ttl=5s`. Two rounds, each cutting the current leader and
+/// healing it afterwards; each prints when another engine led and when the
+/// lost units ran elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_machine_loss_moves_units_within_agent_ttl() -> anyhow::Result<()> {
+    const INTERVAL: f64 = 2.0;
+    let cluster = Cluster::start(ClusterOptions {
+        members: 3,
+        reconcile_interval: INTERVAL,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let names: Vec<String> = (0..6).map(|i| format!("lead{i}.service")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let files: Vec<(&str, String)> = names.iter().map(|n| (*n, unit(""))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let dir = unit_files(&refs)?;
+    start(&cluster, 0, dir.path(), &names).await?;
+    wait_placement(&cluster, 0, &names, "6 units, 2 per machine", |p| {
+        p.values().all(|m| m.len() == 1)
+            && (0..3).all(|i| p.values().filter(|m| m[0] == i).count() == 2)
+    })
+    .await?;
+
+    let bound = AGENT_TTL + Duration::from_secs(1);
+    let mut measured = Vec::new();
+    for round in 0..2 {
+        let leader_id = wait_leader(&cluster).await?;
+        let victim = cluster
+            .member_index(&leader_id)
+            .context("the leader is no member")?;
+        let via = (victim + 1) % 3;
+        let before = placement(&cluster, &names).await?;
+        let lost: Vec<String> = before
+            .iter()
+            .filter(|(_, m)| m.contains(&victim))
+            .map(|(u, _)| u.clone())
+            .collect();
+        ensure!(
+            !lost.is_empty(),
+            "round {round}: the leader (member {victim}) runs nothing: {before:?}"
+        );
+        let (t, cut_at) = (Instant::now(), SystemTime::now());
+        cluster.cut(victim)?;
+        // One poll watches both the leader key and the units, so the
+        // takeover time is taken in the same run.
+        let mut led_after = None;
+        let moved = loop {
+            if led_after.is_none()
+                && matches!(cluster.engine_leader().await, Ok(Some(id)) if id != leader_id)
+            {
+                led_after = Some(t.elapsed());
+            }
+            let p = placement(&cluster, &names).await?;
+            if lost.iter().all(|u| on(&p, u).iter().any(|&m| m != victim)) {
+                break t.elapsed();
+            }
+            if t.elapsed() > WAIT {
+                bail!(
+                    "round {round}: {lost:?} not running off cut leader {victim} after {WAIT:?}: {p:?}\n{}",
+                    diagnose(&cluster, via).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!(
+            "leader machine loss round {round}: member {victim} (engine leader) cut; another engine led after {led_after:?}, {lost:?} running elsewhere after {moved:?} (bound agent_ttl {AGENT_TTL:?} + 1 s + margin {OBSERVATION_MARGIN:?})"
+        );
+        measured.push(moved);
+        if let Some(id) = cluster.engine_leader().await? {
+            let new_leader = cluster
+                .member_index(&id)
+                .context("the leader is no member")?;
+            println!(
+                "leader machine loss round {round}: {}",
+                takeover(&cluster, new_leader, cut_at).await
+            );
+        }
+        ensure!(
+            moved <= bound + OBSERVATION_MARGIN,
+            "units of the lost leader took {moved:?} to run elsewhere, over {bound:?} + {OBSERVATION_MARGIN:?}"
+        );
+
+        heal(&cluster, victim, via, &names).await?;
+    }
+    println!("leader machine loss failover times: {measured:?}");
+    Ok(())
+}
+
+/// When member `i`'s engine took leadership and first wrote the schedule,
+/// from its journal (the machines share the host's clock), counted from
+/// `since`. When the lost machine's presence had expired before the
+/// takeover, the gap between the two is the new leader's own delay.
+async fn takeover(cluster: &Cluster, i: usize, since: SystemTime) -> String {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let journal = cluster.members[i]
+        .machine
+        .exec(&[
+            "journalctl",
+            "-u",
+            "fleet",
+            "--no-pager",
+            "-o",
+            "short-unix",
+        ])
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let at = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|&t| t >= since)
+    };
+    let acquired = journal
+        .lines()
+        .filter(|l| l.contains("engine leadership acquired"))
+        .find_map(at);
+    let written = acquired.and_then(|a| {
+        journal
+            .lines()
+            .filter(|l| l.contains("schedule updated"))
+            .filter_map(at)
+            .find(|&t| t >= a)
+    });
+    match (acquired, written) {
+        (Some(a), Some(w)) => format!(
+            "member {i} led {:.3} s after the cut and wrote its first decisions at {:.3} s ({:.0} ms after leading)",
+            a - since,
+            w - since,
+            (w - a) * 1000.0
+        ),
+        _ => format!("member {i}'s journal shows no takeover after the cut"),
+    }
 }

@@ -240,7 +240,7 @@ options! {
     /// also the TTL of its unit states.
     agent_ttl: Duration = AgentTtl("30s", "DURATION", Text(agent_ttl), "TTL of this machine's presence, as a Go duration")
     /// `engine_reconcile_interval`: the engine's tick; its leadership lease
-    /// lives 5 times as long.
+    /// lives 5 times as long, but at most ⅔ of `agent_ttl`.
     engine_reconcile_interval: Duration = EngineReconcileInterval("2.0", "SECONDS", Text(engine_reconcile_interval), "Engine reconcile interval in seconds")
     /// `token_limit`: the API's page size.
     token_limit: u16 = TokenLimit("100", "N", Text(parse_token_limit), "API page size")

@@ -1,6 +1,7 @@
 //! Leader election: which engine acts. The engine has its own lease (TTL = 5 ×
-//! `engine_reconcile_interval`, refreshed every TTL/3), separate from the
-//! machine's presence lease. A follower watches the leader key (a cache of
+//! `engine_reconcile_interval` but at most ⅔ of `agent_ttl`, refreshed every
+//! TTL/3; see "Failover" in the module doc), separate from the machine's
+//! presence lease. A follower watches the leader key (a cache of
 //! one key) and, whenever it is vacant (on its deletion and on every tick),
 //! grants a lease and tries [`Registry::acquire_leadership`]; while a leader
 //! holds the key followers send nothing, where the original had every

@@ -27,6 +27,29 @@
 //! term only for the cluster gauges of `/metrics` (`gauges.rs`); passes
 //! neither read it nor wake on it.
 //!
+//! **Failover.** When the leader's machine is lost (cut off, powered down),
+//! its presence expires within `agent_ttl` and its units must move, but only
+//! a leader moves them. In the original the leadership lease lived 5 ×
+//! `engine_reconcile_interval` (fleet-reference.md §5.1: 10 s by default),
+//! renewed every tick, so nothing moved until 8–10 s after the loss plus up
+//! to a tick, whatever `agent_ttl` was (3 s in its functional tests). Here
+//! the lease lives 5 × the interval but at most ⅔ of this machine's
+//! `agent_ttl` ([`EngineConfig::lease_ttl`] says why ⅔; at the defaults it
+//! is still 10 s), so it has expired by the time the presence does. A
+//! follower then acts at once: it watches the leader key and competes as
+//! soon as the expiry deletes it (no tick awaited); its term lists its caches
+//! afresh, so machines that expired while no one led are already absent; and
+//! the first pass runs as soon as the last cache is listed (on real
+//! machines, a takeover after the lost machine's presence had expired wrote
+//! its decisions 20–60 ms after it, BENCHMARKS.md). A lost leader's units thus run elsewhere within
+//! `agent_ttl` plus a pass, as any lost machine's. The bound is each
+//! machine's own, since `agent_ttl` is per-fleetd config: a leader with a
+//! longer `agent_ttl` holds a longer lease, as its presence outlives it
+//! longer. The price is a keep-alive every TTL/3, from the leader alone.
+//! With `disable_watches` the caches poll instead of watching, so the
+//! follower sees the vacancy, and the new leader the expired presence, each
+//! up to one interval late.
+//!
 //! **Metrics.** Each round (a pass, or one skipped as unchanged), the
 //! decisions tried and written, and why units were moved or left unplaced
 //! are mapped here to [`crate::metrics`]' plain labels.
@@ -66,8 +89,14 @@ use crate::schema::{MachineId, MachineRecord};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     /// `engine_reconcile_interval`: the tick of passes and leadership
-    /// attempts; the lease lives 5 times as long.
+    /// attempts; the lease lives 5 times as long, unless that is more than
+    /// ⅔ of `agent_ttl`.
     pub reconcile_interval: Duration,
+    /// `agent_ttl`: how long this machine's presence outlives it. The
+    /// leadership lease is kept shorter ([`Self::lease_ttl`]), so when the
+    /// leader's machine is lost another engine leads by the time its
+    /// presence expires.
+    pub agent_ttl: Duration,
     /// `disable_engine`: never lead (the loop only waits for shutdown).
     pub disabled: bool,
     /// How the engine's caches keep up: `disable_watches` polls every
@@ -79,6 +108,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             reconcile_interval: Duration::from_secs(2),
+            agent_ttl: Duration::from_secs(30),
             disabled: false,
             cache: CacheMode::Watch,
         }
@@ -90,6 +120,7 @@ impl EngineConfig {
     pub fn from_config(config: &Config) -> Self {
         EngineConfig {
             reconcile_interval: config.engine_reconcile_interval,
+            agent_ttl: config.agent_ttl,
             disabled: config.disable_engine,
             cache: CacheMode::from_disable_watches(
                 config.disable_watches,
@@ -98,10 +129,17 @@ impl EngineConfig {
         }
     }
 
-    /// TTL of the leadership lease: 5 × the interval. This is the only
-    /// place that rule is written.
+    /// TTL of the leadership lease: 5 × the interval (the original's rule),
+    /// but at most ⅔ of `agent_ttl`. The heart refreshes the machine's
+    /// presence every `agent_ttl`/3, so a lost machine's presence expires
+    /// between ⅔ and all of `agent_ttl` after the loss: a lease of at most ⅔
+    /// has expired by then whatever the phase of either refresh, and a new
+    /// leader is in place when the lost leader's presence goes. This is the
+    /// only place that rule is written.
     pub fn lease_ttl(&self) -> Duration {
-        self.reconcile_interval.saturating_mul(5)
+        self.reconcile_interval
+            .saturating_mul(5)
+            .min(self.agent_ttl.saturating_mul(2) / 3)
     }
 }
 

@@ -121,6 +121,25 @@ async fn stop(cancel: CancellationToken, handle: JoinHandle<anyhow::Result<()>>)
         .expect("the engine stops cleanly");
 }
 
+/// The leader key holds machine `id`.
+async fn leader_is(r: &Registry<MemKv>, id: &str) -> Result<(), String> {
+    match r.leader().await {
+        Ok(Some(holder)) if holder == mid(id) => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The machines that hold units hold `want` units each (by machine ID).
+async fn loads_are(r: &Registry<MemKv>, want: &[usize]) -> Result<(), String> {
+    let s = schedule(r).await;
+    let loads: Vec<usize> = s.values().map(BTreeMap::len).collect();
+    if loads == want {
+        Ok(())
+    } else {
+        Err(format!("{s:?}"))
+    }
+}
+
 async fn placed_on(r: &Registry<MemKv>, want: &[(&str, &[&str])]) -> Result<(), String> {
     let got = placements(r).await;
     let want: BTreeMap<String, Vec<String>> = want
@@ -231,6 +250,78 @@ async fn a_lost_machine_loses_its_units_which_move() {
     stop(cancel, handle).await;
 }
 
+#[test]
+fn the_lease_lives_five_intervals_but_at_most_two_thirds_of_agent_ttl() {
+    let ttl = |interval: u64, agent_ttl: u64| {
+        EngineConfig {
+            agent_ttl: Duration::from_secs(agent_ttl),
+            ..config(interval)
+        }
+        .lease_ttl()
+    };
+    assert_eq!(ttl(2, 30), Duration::from_secs(10), "the defaults");
+    assert_eq!(ttl(2, 6), Duration::from_secs(4));
+    assert_eq!(ttl(1, 9), Duration::from_secs(5));
+    assert_eq!(ttl(1, 3600), Duration::from_secs(5));
+}
+
+/// The leader's machine is lost: its presence and its engine stop at once,
+/// without releasing anything (a network cut, a power loss). Its units run
+/// elsewhere within `agent_ttl` + 1 s, though 5 × the interval (10 s) is
+/// longer than `agent_ttl`: the other engine leads by the time the lost
+/// machine's presence expires, and its first pass moves them.
+#[tokio::test(start_paused = true)]
+async fn a_lost_leaders_units_move_within_agent_ttl() {
+    const AGENT_TTL: Duration = Duration::from_secs(5);
+    let r = registry();
+    let cfg = EngineConfig {
+        agent_ttl: AGENT_TTL,
+        ..config(2)
+    };
+    // m1's presence, refreshed (as its heart would) until the loss.
+    let presence = machine(&r, "m1", AGENT_TTL, &[]).await;
+    let heart = tokio::spawn({
+        let r = r.clone();
+        async move {
+            loop {
+                tokio::time::sleep(AGENT_TTL / 3).await;
+                r.keep_alive(presence).await.expect("m1's presence");
+            }
+        }
+    });
+    machine(&r, "m2", Duration::from_secs(3600), &[]).await;
+    let e1 = Engine::new(r.clone(), mid("m1"), cfg.clone());
+    let (_c1, h1) = start(&e1);
+    eventually("m1 to lead", || leader_is(&r, "m1")).await;
+    let e2 = Engine::new(r.clone(), mid("m2"), cfg);
+    let (c2, h2) = start(&e2);
+    for i in 0..4 {
+        unit(&r, &format!("u{i}.service"), TargetState::Launched, &[]).await;
+    }
+    eventually("two units on each machine", || loads_are(&r, &[2, 2])).await;
+    // Let the leases run a while, so the loss falls at some phase of them.
+    tokio::time::sleep(Duration::from_millis(12_345)).await;
+
+    let lost = Instant::now();
+    heart.abort();
+    h1.abort();
+    eventually("every unit on m2", || async {
+        let s = schedule(&r).await;
+        match s.get("m2") {
+            Some(units) if units.len() == 4 && s.len() == 1 => Ok(()),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let took = lost.elapsed();
+    assert!(
+        took <= AGENT_TTL + Duration::from_secs(1),
+        "the lost leader's units moved after {took:?}"
+    );
+    assert!(e2.snapshot().leader);
+    stop(c2, h2).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn of_two_engines_only_one_leads() {
     let r = registry();
@@ -243,14 +334,8 @@ async fn of_two_engines_only_one_leads() {
     for i in 0..10 {
         unit(&r, &format!("u{i}.service"), TargetState::Launched, &[]).await;
     }
-    eventually("ten units spread over two machines", || async {
-        let s = schedule(&r).await;
-        let loads: Vec<usize> = s.values().map(BTreeMap::len).collect();
-        if loads == [5, 5] {
-            Ok(())
-        } else {
-            Err(format!("{s:?}"))
-        }
+    eventually("ten units spread over two machines", || {
+        loads_are(&r, &[5, 5])
     })
     .await;
     // Let both run a while longer: still exactly one leader, never changed.
@@ -350,13 +435,7 @@ async fn shutdown_releases_leadership_and_a_follower_takes_over() {
     machine(&r, "m1", Duration::from_secs(3600), &[]).await;
     let e1 = Engine::new(r.clone(), mid("m1"), config(2));
     let (c1, h1) = start(&e1);
-    eventually("m1 to lead", || async {
-        match r.leader().await {
-            Ok(Some(id)) if id == mid("m1") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    eventually("m1 to lead", || leader_is(&r, "m1")).await;
     let e2 = Engine::new(r.clone(), mid("m2"), config(2));
     let (c2, h2) = start(&e2);
     tokio::time::sleep(Duration::from_secs(5)).await;
