@@ -9,7 +9,9 @@
 //! quietly on a broken pipe. Writing to stderr cannot usefully fail: errors
 //! there are ignored.
 
+use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
+use std::rc::Rc;
 
 /// The two output streams.
 pub struct Ui {
@@ -17,7 +19,7 @@ pub struct Ui {
     out: Box<dyn Write>,
     /// Where warnings and errors go (stderr).
     err: Box<dyn Write>,
-    /// Whether stderr is a terminal, so a progress line may be drawn and
+    /// Whether stdout is a terminal, so a progress line may be drawn and
     /// redrawn there (never in pipes or files, where scripts read it).
     progress: bool,
     /// Whether a progress line is on the screen now, to be erased before
@@ -26,12 +28,36 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// The process's stdout and stderr; progress lines when stderr is a
+    /// The process's stdout and stderr; progress lines when stdout is a
     /// terminal.
     pub fn stdio() -> Ui {
         let mut ui = Ui::new(io::stdout(), io::stderr());
-        ui.progress = io::stderr().is_terminal();
+        ui.progress = io::stdout().is_terminal();
         ui
+    }
+
+    /// A [`Ui`] that records what is written, both streams in order, for
+    /// [`Ui::replay`] later: work done concurrently keeps its messages until
+    /// its turn comes, so they appear in the same order as one after the
+    /// other.
+    pub fn recording() -> (Ui, Recording) {
+        let rec = Recording::default();
+        let ui = Ui::new(
+            Recorder(rec.clone(), Stream::Out),
+            Recorder(rec.clone(), Stream::Err),
+        );
+        (ui, rec)
+    }
+
+    /// Writes what a [`Ui::recording`] recorded, as it was written.
+    pub fn replay(&mut self, rec: &Recording) -> io::Result<()> {
+        for (stream, text) in rec.0.borrow_mut().drain(..) {
+            match stream {
+                Stream::Out => self.print(&text)?,
+                Stream::Err => self.warn(text),
+            }
+        }
+        Ok(())
     }
 
     /// Any two writers (tests pass buffers). No progress lines.
@@ -44,23 +70,24 @@ impl Ui {
         }
     }
 
-    /// Draws `line` as the progress line on stderr, replacing the previous
-    /// one; nothing unless stderr is a terminal.
+    /// Draws `line` as the progress line on stdout, replacing the previous
+    /// one; nothing unless stdout is a terminal.
     pub fn progress(&mut self, line: &str) {
         if !self.progress {
             return;
         }
-        // \r and "erase to end of line": redraw in place. Best effort.
-        let _ = write!(self.err, "\r\x1b[K{line}");
-        let _ = self.err.flush();
+        // \r and "erase to end of line": redraw in place. Best effort: a
+        // terminal that went away fails the next real output instead.
+        let _ = write!(self.out, "\r\x1b[K{line}");
+        let _ = self.out.flush();
         self.progress_shown = true;
     }
 
     /// Erases the progress line, if one is shown.
     pub fn clear_progress(&mut self) {
         if self.progress_shown {
-            let _ = write!(self.err, "\r\x1b[K");
-            let _ = self.err.flush();
+            let _ = write!(self.out, "\r\x1b[K");
+            let _ = self.out.flush();
             self.progress_shown = false;
         }
     }
@@ -95,6 +122,32 @@ impl Ui {
         // Nothing sensible to do when stderr itself is gone.
         let _ = self.err.write_all(text.as_bytes());
         let _ = self.err.flush();
+    }
+}
+
+/// Which stream a recorded write went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// What a [`Ui::recording`] was given, in order. Not `Send`: recordings stay
+/// on the thread of the command.
+#[derive(Clone, Default)]
+pub struct Recording(Rc<RefCell<Vec<(Stream, String)>>>);
+
+/// One stream of a recording.
+struct Recorder(Recording, Stream);
+
+impl Write for Recorder {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(data).into_owned();
+        (self.0).0.borrow_mut().push((self.1, text));
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -149,20 +202,33 @@ mod tests {
 
     #[test]
     fn progress_only_on_terminals_and_erased_before_output() {
-        let (mut ui, _, err) = capture();
+        let (mut ui, out, err) = capture();
         ui.progress("1/10");
-        assert_eq!(err.text(), "");
+        assert_eq!((out.text(), err.text()), (String::new(), String::new()));
         let (mut ui, out, err) = capture_with_progress();
         ui.progress("1/10");
         ui.progress("2/10");
         ui.say("Unit a launched").unwrap();
-        assert_eq!(out.text(), "Unit a launched\n");
-        assert_eq!(err.text(), "\r\x1b[K1/10\r\x1b[K2/10\r\x1b[K");
-        ui.clear_progress();
         assert_eq!(
-            err.text(),
-            "\r\x1b[K1/10\r\x1b[K2/10\r\x1b[K",
-            "cleared once"
+            out.text(),
+            "\r\x1b[K1/10\r\x1b[K2/10\r\x1b[KUnit a launched\n"
         );
+        ui.progress("3/10");
+        ui.warn("oops");
+        assert_eq!(err.text(), "oops\n");
+        ui.clear_progress();
+        assert!(out.text().ends_with("3/10\r\x1b[K"), "cleared once");
+    }
+
+    #[test]
+    fn recordings_replay_both_streams_in_order() {
+        let (mut rec_ui, rec) = super::Ui::recording();
+        rec_ui.say("one").unwrap();
+        rec_ui.warn("two");
+        rec_ui.say("three").unwrap();
+        let (mut ui, out, err) = capture();
+        ui.replay(&rec).unwrap();
+        assert_eq!(out.text(), "one\nthree\n");
+        assert_eq!(err.text(), "two\n");
     }
 }

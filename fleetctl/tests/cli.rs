@@ -1241,3 +1241,162 @@ async fn connecting_is_bounded_by_the_request_timeout() {
 async fn etcd_requests_are_bounded_by_the_request_timeout() {
     fails_against_a_silent_server("http", "--driver=etcd", "deadline has elapsed").await;
 }
+
+/// Writes `n` unit files `<prefix>-NNN.service` into `dir` and returns
+/// their names, in order.
+fn many_units(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}-{i:03}.service");
+            write(
+                dir,
+                &name,
+                &format!("[Service]\nExecStart=/bin/sleep {i}\n"),
+            );
+            name
+        })
+        .collect()
+}
+
+/// The lines each unit of `names` prints, `line(name)`, in order.
+fn lines_of(names: &[String], line: impl Fn(&str) -> String) -> String {
+    names.iter().map(|n| line(n) + "\n").collect()
+}
+
+/// Many units are created, started, stopped and destroyed with several
+/// requests in flight (at most 16) on a few kept connections, and print
+/// exactly what one request after the other printed: every line in
+/// argument order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_units_go_out_together_and_print_in_order() {
+    let server = Server::tcp().await;
+    server.hold_requests(std::time::Duration::from_millis(5));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let names = many_units(d, "many", 300);
+    let with = |cmd: &[&'static str]| -> Vec<String> {
+        cmd.iter()
+            .map(|s| (*s).to_owned())
+            .chain(names.iter().cloned())
+            .collect()
+    };
+    let run = async |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fleetctl(&server, d, &args).await
+    };
+
+    let started = std::time::Instant::now();
+    let r = run(with(&["start", "--no-block"])).await;
+    let took = started.elapsed();
+    let created = lines_of(&names, |n| format!("Unit {n} inactive"));
+    let triggered = lines_of(&names, |n| format!("Triggered unit {n} start"));
+    expect(&r, 0, &(created + &triggered), "");
+    for n in &names {
+        assert_eq!(server.desired(n), Some(TargetState::Launched), "{n}");
+    }
+    let (max, connections) = (server.max_in_flight(), server.connections());
+    assert!((2..=16).contains(&max), "{max} requests in flight at most");
+    assert!(connections <= 32, "{connections} connections");
+    // One request at a time, 5 ms each, would take over 7 s.
+    assert!(took < std::time::Duration::from_secs(6), "took {took:?}");
+
+    let r = run(with(&["stop", "--no-block"])).await;
+    let stopped = format!("Successfully stopped units [{}].\n", names.join(" "));
+    let triggered = lines_of(&names, |n| format!("Triggered unit {n} stop"));
+    expect(&r, 0, &triggered, &stopped);
+    let r = run(with(&["destroy"])).await;
+    expect(&r, 0, &lines_of(&names, |n| format!("Destroyed {n}")), "");
+    assert!(server.max_in_flight() <= 16, "{}", server.max_in_flight());
+}
+
+/// The units of a blocking start that take a while, and the lines it prints
+/// for them (their order within one poll is the arguments').
+fn lazy_start(d: &Path) -> (Vec<String>, Vec<String>) {
+    let names = many_units(d, "lazy", 20);
+    let mut lines: Vec<String> = names.iter().map(|n| format!("Unit {n} inactive")).collect();
+    lines.extend(
+        names
+            .iter()
+            .map(|n| format!("Unit {n} launched on 113f16a7.../10.0.0.1")),
+    );
+    lines.sort();
+    (names, lines)
+}
+
+/// Without a terminal on stdout, a blocking start of many units that takes
+/// a while prints its lines and not a byte of progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_progress_without_a_terminal() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (names, want) = lazy_start(dir.path());
+    let mut args = vec!["start"];
+    args.extend(names.iter().map(String::as_str));
+    let r = fleetctl(&server, dir.path(), &args).await;
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
+    let mut got: Vec<&str> = r.stdout.lines().collect();
+    got.sort_unstable();
+    assert_eq!(got, want, "{r:?}");
+    assert!(
+        !r.stdout.contains(['\r', '\x1b']) && !r.stderr.contains(['\r', '\x1b']),
+        "{r:?}"
+    );
+}
+
+/// What a terminal shows in the end of `raw` (stdout through a pty): each
+/// progress line drawn (`\r\x1b[K` and text up to the next `\r\x1b[K`) is
+/// dropped. A progress line left on the screen, or glued to a real line,
+/// stays in the text.
+fn without_progress(raw: &str) -> String {
+    const ERASE: &str = "\r\x1b[K";
+    let raw = raw.replace("\r\n", "\n");
+    let mut shown = String::new();
+    let mut rest = raw.as_str();
+    while let Some(i) = rest.find(ERASE) {
+        shown.push_str(&rest[..i]);
+        rest = &rest[i + ERASE.len()..];
+        if let Some(j) = rest.find(ERASE)
+            && !rest[..j].contains('\n')
+        {
+            rest = &rest[j..];
+        }
+    }
+    shown.push_str(rest);
+    shown
+}
+
+/// On a terminal (a pty through `script`), a blocking start of many units
+/// that takes a while draws a progress line with counts, and erases it
+/// before each line and at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_on_a_terminal_is_drawn_and_erased() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (names, want) = lazy_start(d);
+    let command = format!(
+        "{} --endpoint={} start {}",
+        env!("CARGO_BIN_EXE_fleetctl"),
+        server.endpoint,
+        names.join(" ")
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.current_dir(d)
+        .args(["-qec", &command, "/dev/null"])
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("script finished within 60s")
+        .expect("script ran");
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("\r\x1b[Klaunched 0/20"),
+        "a progress line with counts: {r:?}"
+    );
+    let shown = without_progress(&r.stdout);
+    let mut got: Vec<&str> = shown.lines().collect();
+    got.sort_unstable();
+    assert_eq!(got, want, "{shown:?}");
+}

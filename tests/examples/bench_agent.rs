@@ -10,9 +10,11 @@
 //!   (utime + stime from `/proc/<pid>/stat` inside the machine).
 //!
 //! Run (as root, with etcd and systemd-nspawn installed; the binaries of the
-//! same profile must be built):
+//! same profile must be built: the example uses the `fleetd` and `fleetctl`
+//! next to it, so a `--release` run uses release binaries):
 //! ```text
 //! cargo build -p fleetd -p fleetctl && cargo run -p fleet-tests --example bench_agent
+//! cargo build --release -p fleetd -p fleetctl && cargo run --release -p fleet-tests --example bench_agent
 //! ```
 //! `BENCH_UNITS` and `BENCH_IDLE_SECS` change the unit count and the idle
 //! period.

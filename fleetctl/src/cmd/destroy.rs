@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 
 use fleetd::client::{FleetApi, Refusal};
+use fleetd::schema::Unit;
 
 use super::{Budget, Ctx, Exit, wait};
 use crate::cli::BlockArgs;
@@ -29,9 +30,19 @@ pub async fn run<A: FleetApi>(args: &Args, ctx: &mut Ctx<'_, A>) -> anyhow::Resu
         ControlFlow::Break(exit) => return Ok(exit),
         ControlFlow::Continue(units) => units,
     };
+    // The DELETEs go out together; their results are taken in order.
+    let api = ctx.api;
+    let delete = async |u: &Unit| api.destroy_unit(&u.name).await;
+    let mut deleted = Vec::with_capacity(units.len());
+    let limit = super::in_flight(units.iter().map(|u| u.name.as_str()));
+    super::in_order(&units, limit, delete, |result| {
+        deleted.push(result);
+        Ok(())
+    })
+    .await?;
     let mut exit = Exit::Success;
-    for u in &units {
-        match ctx.api.destroy_unit(&u.name).await {
+    for (u, result) in units.iter().zip(deleted) {
+        match result {
             Ok(()) => {}
             // Gone already (destroyed concurrently, or named twice).
             Err(err) if err.refusal() == Some(Refusal::NotFound) => continue,

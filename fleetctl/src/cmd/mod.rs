@@ -11,6 +11,15 @@
 //! original fixed here: `start --no-block` prints "Triggered unit X start"
 //! once, and `destroy` waits for the units to disappear when blocking (the
 //! original waited only with `--no-block`).
+//!
+//! Many units: the requests for the units of one command (looking them up,
+//! creating them, setting their desired states, deleting them) are sent
+//! [`IN_FLIGHT`] at a time, and their results, messages included, are
+//! taken in argument order, so what is printed and the exit status are
+//! those of one request after the other. A command naming a unit twice runs
+//! one request at a time, as the second request depends on the first. The
+//! waits read one listing per poll when they wait for many units
+//! (`wait.rs`).
 
 pub mod cat;
 pub mod completion;
@@ -33,12 +42,14 @@ pub mod verify;
 pub mod version;
 mod wait;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::ops::ControlFlow;
 
 use anyhow::{Context, anyhow};
 use fleetd::client::FleetApi;
 use fleetd::schema::{TargetState, Unit};
+use futures_util::stream::{self, StreamExt};
 use units::{UnitName, go_quote};
 
 use crate::cli::{BlockArgs, Command, ListArgs, OutputFormat, ScheduleArgs};
@@ -225,6 +236,46 @@ pub async fn known_units<A: FleetApi>(
     Ok(ControlFlow::Continue(units))
 }
 
+/// How many requests for the units of one command are in flight at once.
+pub const IN_FLIGHT: usize = 16;
+
+/// How many of the requests for `names` may be in flight at once:
+/// [`IN_FLIGHT`], or one when a name repeats (the second request for it
+/// depends on what the first did).
+fn in_flight<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> usize {
+    let mut seen = HashSet::new();
+    if names
+        .into_iter()
+        .all(|n| seen.insert(n.as_ref().to_owned()))
+    {
+        IN_FLIGHT
+    } else {
+        1
+    }
+}
+
+/// Runs `work` on each item, `limit` at a time, and hands the results to
+/// `each` in item order. Stops at the first error `each` returns (the
+/// requests already in flight are still answered, and ignored).
+async fn in_order<I, T, R, W, F, E>(
+    items: I,
+    limit: usize,
+    work: W,
+    mut each: E,
+) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    W: FnMut(T) -> F,
+    F: Future<Output = R>,
+    E: FnMut(R) -> anyhow::Result<()>,
+{
+    let mut results = stream::iter(items).map(work).buffered(limit.max(1));
+    while let Some(result) = results.next().await {
+        each(result)?;
+    }
+    Ok(())
+}
+
 /// Sets the desired state of each named unit that is not already there and
 /// returns those units (as they were before), in order (Go's
 /// `setTargetStateOfUnits`). Stops at the first error.
@@ -233,22 +284,27 @@ pub async fn set_target_states<A: FleetApi>(
     names: &[String],
     state: TargetState,
 ) -> anyhow::Result<Vec<Unit>> {
+    let api = ctx.api;
     let mut triggered = Vec::new();
-    for name in names {
-        let unit = ctx
-            .api
+    let set = async |name: &String| -> anyhow::Result<Option<Unit>> {
+        let unit = api
             .unit(name)
             .await
             .with_context(|| format!("error retrieving unit {name} from registry"))?
             .ok_or_else(|| anyhow!("unable to find unit {name}"))?;
         if unit.desired_state == Some(state) {
             tracing::debug!(unit = %name, %state, "unit already in desired state, skipping");
-            continue;
+            return Ok(None);
         }
         tracing::debug!(unit = %name, %state, "setting unit target state");
-        ctx.api.set_unit_target_state(name, state).await?;
-        triggered.push(unit);
-    }
+        api.set_unit_target_state(name, state).await?;
+        Ok(Some(unit))
+    };
+    in_order(names, in_flight(names), set, |result| {
+        triggered.extend(result?);
+        Ok(())
+    })
+    .await?;
     Ok(triggered)
 }
 
@@ -292,17 +348,32 @@ pub async fn create_units<A: FleetApi>(
     command: CreateFor,
     budget: Budget,
 ) -> anyhow::Result<()> {
+    let api = ctx.api;
     let mut created = Vec::new();
-    for arg in args {
+    // Each unit's messages are recorded and printed in argument order.
+    let create = async |arg: &String| {
+        let (mut ui, recording) = Ui::recording();
         let arg = units_io::append_default_type(arg);
         let name = units_io::unit_name(&arg);
-        if !should_create(ctx, &arg, &name, replace, command).await? {
-            continue;
+        let result: anyhow::Result<Option<String>> = async {
+            if !should_create(api, &mut ui, &arg, &name, replace, command).await? {
+                return Ok(None);
+            }
+            let file = units_io::unit_file_for(api, &arg, replace, &mut ui).await?;
+            create_unit(api, &mut ui, &name, &file).await?;
+            Ok(Some(name))
         }
-        let file = units_io::unit_file_for(ctx.api, &arg, replace, ctx.ui).await?;
-        create_unit(ctx, &name, &file).await?;
-        created.push(name);
-    }
+        .await;
+        (recording, result)
+    };
+    let limit = in_flight(args.iter().map(|a| units_io::unit_name(a)));
+    let ui = &mut *ctx.ui;
+    in_order(args, limit, create, |(recording, result)| {
+        ui.replay(&recording)?;
+        created.extend(result?);
+        Ok(())
+    })
+    .await?;
     let errors = wait::unit_states(ctx, &created, TargetState::Inactive, budget).await?;
     for err in &errors {
         ctx.ui
@@ -317,21 +388,21 @@ pub async fn create_units<A: FleetApi>(
 
 /// Go's `checkUnitCreation`: whether `arg`'s unit must be (re)created.
 async fn should_create<A: FleetApi>(
-    ctx: &mut Ctx<'_, A>,
+    api: &A,
+    ui: &mut Ui,
     arg: &str,
     name: &str,
     replace: bool,
     command: CreateFor,
 ) -> anyhow::Result<bool> {
-    let existing = ctx
-        .api
+    let existing = api
         .unit(name)
         .await
         .with_context(|| format!("error retrieving Unit({name}) from Registry"))?;
     let Some(unit) = existing else {
         return Ok(true);
     };
-    let matched = match units_io::compare_local(arg, &unit, replace, ctx.ui) {
+    let matched = match units_io::compare_local(arg, &unit, replace, ui) {
         Ok(m) => m,
         // Without --replace a local file we cannot read only loses the
         // comparison (and its warning); with it, we cannot tell what to do.
@@ -350,12 +421,12 @@ async fn should_create<A: FleetApi>(
                 .desired_state
                 .map(|s| s.to_string())
                 .unwrap_or_default();
-            ctx.ui.warn(format!(
+            ui.warn(format!(
                 "Warning: can not replace Unit({name}) in state '{state}', use the appropriate command"
             ));
         }
         (true, LocalMatch::Same) => {
-            ctx.ui.say(format!(
+            ui.say(format!(
                 "Found same Unit({name}) in Registry, nothing to do"
             ))?;
         }
@@ -368,14 +439,15 @@ async fn should_create<A: FleetApi>(
 /// `[X-Fleet]` combinations must be valid; unknown `[X-Fleet]` keys only
 /// warn.
 async fn create_unit<A: FleetApi>(
-    ctx: &mut Ctx<'_, A>,
+    api: &A,
+    ui: &mut Ui,
     name: &str,
     file: &units::UnitFile,
 ) -> anyhow::Result<()> {
     let unit_name: UnitName = name.parse()?;
     let requirements = units::validate_options(&unit_name, file)?;
     for key in &requirements.unrecognized {
-        ctx.ui.warn(format!(
+        ui.warn(format!(
             "WARNING: Unit {name}: unrecognized requirement in [X-Fleet] section: {}",
             go_quote(key)
         ));
@@ -385,8 +457,7 @@ async fn create_unit<A: FleetApi>(
         options: units_io::options_of(file),
         ..Unit::default()
     };
-    ctx.api
-        .create_unit(&unit)
+    api.create_unit(&unit)
         .await
         .with_context(|| format!("failed creating unit {name}"))?;
     tracing::debug!(unit = %name, "created unit in registry");
@@ -488,27 +559,31 @@ pub async fn schedule<A: FleetApi>(
 /// `state` on each (`verb`, `verbing` and `done` name the action in
 /// messages: "stop", "stopping", "stopped"), print the global ones, wait for the others and report
 /// `Successfully <done> units [...]` or the failure on stderr.
-pub async fn change_and_report<A: FleetApi>(
+pub async fn change_and_report<'u, A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
-    units: &[&Unit],
+    units: &[&'u Unit],
     state: TargetState,
     (verb, verbing, done): (&str, &str, &str),
     block: BlockArgs,
 ) -> anyhow::Result<Exit> {
+    let api = ctx.api;
     let mut waiting = Vec::new();
-    for u in units {
+    let set = |u: &'u Unit| async move {
         tracing::debug!(unit = %u.name, %state, "setting target state");
-        ctx.api
-            .set_unit_target_state(&u.name, state)
-            .await
-            .with_context(|| format!("Error {verbing} unit {}", u.name))?;
+        (u, api.set_unit_target_state(&u.name, state).await)
+    };
+    let limit = in_flight(units.iter().map(|u| u.name.as_str()));
+    let ui = &mut *ctx.ui;
+    in_order(units.iter().copied(), limit, set, |(u, result)| {
+        result.with_context(|| format!("Error {verbing} unit {}", u.name))?;
         if units_io::is_global(u) {
-            ctx.ui
-                .say(format!("Triggered global unit {} {verb}", u.name))?;
+            ui.say(format!("Triggered global unit {} {verb}", u.name))?;
         } else {
             waiting.push(u.name.clone());
         }
-    }
+        Ok(())
+    })
+    .await?;
     if wait_or_trigger(ctx, &waiting, verb, state, block).await? {
         ctx.ui
             .warn(format!("Successfully {done} units {}.", go_list(&waiting)));

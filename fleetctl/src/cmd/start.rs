@@ -23,13 +23,16 @@ pub async fn run<A: FleetApi>(args: &ScheduleArgs, ctx: &mut Ctx<'_, A>) -> anyh
     wait_active(ctx, &starting, Budget(args.block.block_attempts)).await
 }
 
-/// Waits until systemd reports every unit active; reports the failures.
+/// Waits until systemd reports every unit active (all of them launched
+/// already); reports the failures.
 pub async fn wait_active<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     names: &[String],
     budget: Budget,
 ) -> anyhow::Result<Exit> {
-    let errors = wait::systemd_active(ctx, names, budget).await?;
+    let n = names.len();
+    let label = format!("{} {n}/{n}, active ", TargetState::Launched);
+    let errors = wait::systemd_active(ctx, names, budget, &label).await?;
     if !errors.is_empty() {
         for err in &errors {
             ctx.ui.warn(format!("Error waiting for units: {err}"));

@@ -7,10 +7,12 @@
 //! deterministic. A failed poll (the API unreachable for a moment) is logged
 //! and retried, as in the original.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use fleetd::client::FleetApi;
-use fleetd::schema::{TargetState, Unit};
+use fleetd::schema::{TargetState, Unit, UnitState};
+use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
 use super::Ctx;
@@ -41,30 +43,130 @@ impl Budget {
 /// unit made it, `Some(Err(msg))` when it never will.
 type Check = anyhow::Result<Option<Result<(), String>>>;
 
-/// Polls `check` for every name until it returns `Some(done)`, or the budget
-/// runs out. `check` returns `Ok(None)` to keep waiting, `Ok(Some(Ok(())))`
-/// when the unit made it and `Ok(Some(Err(msg)))` when it never will.
-/// Returns the error messages: each unit that failed or timed out
-/// (`timeout(name)`).
-async fn poll<'c, A, C, T>(
+/// From how many pending units a poll reads one listing instead of one
+/// object per unit.
+pub const LISTING_MIN: usize = 16;
+
+/// The page size of fleet's listings (the original's and fleetd's), to
+/// tell how many requests a listing takes.
+const LISTING_PAGE: usize = 100;
+
+/// What one poll read, by unit name: `Some(None)` for a unit that does not
+/// exist, no entry for one that could not be read (logged; polled again).
+type Snapshot<T> = HashMap<String, Option<T>>;
+
+/// What a wait reads of the units it waits for: units or unit states, one
+/// at a time or all at once.
+trait Object: Sized {
+    /// One unit's: `GET /<collection>/<name>`.
+    async fn one<A: FleetApi>(api: &A, name: &str) -> fleetd::client::Result<Option<Self>>;
+    /// Every unit's: the listing.
+    async fn all<A: FleetApi>(api: &A) -> fleetd::client::Result<Vec<Self>>;
+    /// The unit this is of.
+    fn unit_name(&self) -> &str;
+}
+
+impl Object for Unit {
+    async fn one<A: FleetApi>(api: &A, name: &str) -> fleetd::client::Result<Option<Self>> {
+        api.unit(name).await
+    }
+    async fn all<A: FleetApi>(api: &A) -> fleetd::client::Result<Vec<Self>> {
+        api.units().await
+    }
+    fn unit_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Object for UnitState {
+    async fn one<A: FleetApi>(api: &A, name: &str) -> fleetd::client::Result<Option<Self>> {
+        api.unit_state(name).await
+    }
+    async fn all<A: FleetApi>(api: &A) -> fleetd::client::Result<Vec<Self>> {
+        api.unit_states().await
+    }
+    fn unit_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Reads the `pending` units: one listing when many are pending and the
+/// last listing (`listed`: how many objects it held) was not more requests
+/// than reading them one by one, else one request per unit,
+/// [`super::IN_FLIGHT`] at a time.
+async fn read<A: FleetApi, T: Object>(
+    api: &A,
+    pending: &[&str],
+    listed: &mut Option<usize>,
+) -> Snapshot<T> {
+    let pages = listed.map_or(1, |n| n / LISTING_PAGE + 1);
+    if pending.len() >= LISTING_MIN && pages <= pending.len() {
+        return match T::all(api).await {
+            Ok(items) => {
+                *listed = Some(items.len());
+                let mut snapshot: Snapshot<T> =
+                    pending.iter().map(|n| ((*n).to_owned(), None)).collect();
+                for item in items {
+                    // The first object of a name wins (`unit_state`'s rule).
+                    if let Some(slot @ None) = snapshot.get_mut(item.unit_name()) {
+                        *slot = Some(item);
+                    }
+                }
+                snapshot
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "error listing units");
+                Snapshot::new()
+            }
+        };
+    }
+    let fetches = pending
+        .iter()
+        .map(|name| async move { (*name, T::one(api, name).await) });
+    let mut results = stream::iter(fetches).buffered(super::IN_FLIGHT);
+    let mut snapshot = Snapshot::new();
+    while let Some((name, result)) = results.next().await {
+        match result {
+            Ok(found) => {
+                snapshot.insert(name.to_owned(), found);
+            }
+            Err(err) => {
+                tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
+            }
+        }
+    }
+    snapshot
+}
+
+/// Polls the units of `names` until `check` returns `Some(done)` for each,
+/// or the budget runs out. Each round reads the pending units ([`read`])
+/// and checks them in argument order; `check` gets what was read of the
+/// unit (`None` when it could not be read). Returns the error messages:
+/// each unit that failed or timed out (`timeout(name)`). On a terminal,
+/// draws `<label><done>/<total>` while it waits for many units.
+async fn poll<'c, A, T, C, M>(
     ctx: &mut Ctx<'c, A>,
     names: &[String],
     budget: Budget,
+    label: &str,
     mut check: C,
-    timeout: T,
+    timeout: M,
 ) -> anyhow::Result<Vec<String>>
 where
     A: FleetApi,
-    C: AsyncFnMut(&mut Ctx<'c, A>, &str) -> Check,
-    T: Fn(&str) -> String,
+    T: Object,
+    C: AsyncFnMut(&mut Ctx<'c, A>, &str, Option<Option<T>>) -> Check,
+    M: Fn(&str) -> String,
 {
     let deadline = budget.deadline(Instant::now());
     let mut pending: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut errors = Vec::new();
+    let mut listed = None;
     loop {
+        let mut snapshot = read::<A, T>(ctx.api, &pending, &mut listed).await;
         let mut still = Vec::new();
         for name in pending {
-            match check(ctx, name).await? {
+            match check(ctx, name, snapshot.remove(name)).await? {
                 Some(Ok(())) => {}
                 Some(Err(msg)) => errors.push(msg),
                 None => still.push(name),
@@ -81,25 +183,10 @@ where
             return Ok(errors);
         }
         if names.len() >= PROGRESS_MIN_UNITS {
-            ctx.ui.progress(&format!(
-                "Waiting for {} of {} units...",
-                pending.len(),
-                names.len()
-            ));
+            let done = names.len() - pending.len();
+            ctx.ui.progress(&format!("{label}{done}/{}", names.len()));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// `GET /units/<name>`: whether the unit exists, or `None` when the request
-/// failed (logged; the wait polls again).
-async fn fetch_unit<A: FleetApi>(api: &A, name: &str) -> Option<Option<Unit>> {
-    match api.unit(name).await {
-        Ok(found) => Some(found),
-        Err(err) => {
-            tracing::warn!(unit = %name, error = %err, "error retrieving unit from registry");
-            None
-        }
     }
 }
 
@@ -113,21 +200,30 @@ pub async fn unit_states<'c, A: FleetApi>(
     want: TargetState,
     budget: Budget,
 ) -> anyhow::Result<Vec<String>> {
-    let check = async |ctx: &mut Ctx<'c, A>, name: &str| has_state(ctx, name, want).await;
+    let check = async |ctx: &mut Ctx<'c, A>, name: &str, found: Option<Option<Unit>>| {
+        has_state(ctx, name, found, want).await
+    };
     let timeout = |name: &str| format!("timed out waiting for unit {name} to report state {want}");
-    poll(ctx, names, budget, check, timeout).await
+    poll(ctx, names, budget, &format!("{want} "), check, timeout).await
 }
 
-/// Whether unit `name` has reached fleet state `want`; printed when it has.
-async fn has_state<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str, want: TargetState) -> Check {
-    let Some(found) = fetch_unit(ctx.api, name).await else {
+/// Whether unit `name` (as read: `found`) has reached fleet state `want`;
+/// printed when it has.
+async fn has_state<A: FleetApi>(
+    ctx: &mut Ctx<'_, A>,
+    name: &str,
+    found: Option<Option<Unit>>,
+    want: TargetState,
+) -> Check {
+    let Some(found) = found else {
         return Ok(None);
     };
     let Some(unit) = found else {
         tracing::warn!(unit = %name, "unit not found");
         return Ok(None);
     };
-    let state = if units_io::is_global(&unit) {
+    let global = units_io::is_global(&unit);
+    let state = if global {
         unit.desired_state
     } else {
         unit.current_state
@@ -136,10 +232,12 @@ async fn has_state<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str, want: TargetSt
         tracing::debug!(unit = %name, ?state, %want, "waiting for unit state");
         return Ok(None);
     }
-    let current = unit
-        .current_state
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    // A global unit has no current state of its own: `GET /units/<name>`
+    // shows none, the listing shows `inactive`; printed as the former.
+    let current = match unit.current_state {
+        Some(s) if !global => s.to_string(),
+        _ => String::new(),
+    };
     let mut msg = format!("Unit {name} {current}");
     if !unit.machine_id.is_empty() {
         let machines = ctx.machines().await;
@@ -155,26 +253,28 @@ async fn has_state<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str, want: TargetSt
 }
 
 /// Waits until systemd reports each unit `loaded` and `active` (through
-/// `GET /state/<name>`). A unit systemd reports `failed` will not get there
-/// by waiting and is reported at once.
+/// `GET /state/<name>`, or the `GET /state` listing for many units). A unit
+/// systemd reports `failed` will not get there by waiting and is reported at
+/// once. `label` starts the progress line.
 pub async fn systemd_active<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     names: &[String],
     budget: Budget,
+    label: &str,
 ) -> anyhow::Result<Vec<String>> {
     let timeout = |name: &str| format!("timed out waiting for unit {name} to report active state");
-    poll(ctx, names, budget, is_active, timeout).await
+    poll(ctx, names, budget, label, is_active, timeout).await
 }
 
-/// Whether systemd reports unit `name` active, or failed.
-async fn is_active<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str) -> Check {
-    let state = match ctx.api.unit_state(name).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Ok(None),
-        Err(err) => {
-            tracing::warn!(unit = %name, error = %err, "error retrieving unit state");
-            return Ok(None);
-        }
+/// Whether systemd reports unit `name` (its state as read: `found`) active,
+/// or failed.
+async fn is_active<A: FleetApi>(
+    _: &mut Ctx<'_, A>,
+    name: &str,
+    found: Option<Option<UnitState>>,
+) -> Check {
+    let Some(Some(state)) = found else {
+        return Ok(None);
     };
     if state.systemd_load_state == "loaded" && state.systemd_active_state == "active" {
         return Ok(Some(Ok(())));
@@ -195,12 +295,12 @@ pub async fn destroyed<A: FleetApi>(
     budget: Budget,
 ) -> anyhow::Result<Vec<String>> {
     let timeout = |name: &str| format!("timed out waiting for unit {name} to be destroyed");
-    poll(ctx, &[name.to_owned()], budget, is_gone, timeout).await
+    poll(ctx, &[name.to_owned()], budget, "", is_gone, timeout).await
 }
 
-/// Whether unit `name` is gone from the registry.
-async fn is_gone<A: FleetApi>(ctx: &mut Ctx<'_, A>, name: &str) -> Check {
-    match fetch_unit(ctx.api, name).await {
+/// Whether unit `name` (as read: `found`) is gone from the registry.
+async fn is_gone<A: FleetApi>(_: &mut Ctx<'_, A>, _: &str, found: Option<Option<Unit>>) -> Check {
+    match found {
         Some(None) => Ok(Some(Ok(()))),
         Some(Some(_)) | None => Ok(None),
     }

@@ -8,23 +8,30 @@
 //! desired state at once, except:
 //! - units named `stuck*` stay inactive, for timeouts;
 //! - units named `failing*` launch but systemd reports them failed;
-//! - units named `slowdelete*` stay visible for three GETs after DELETE.
+//! - units named `slowdelete*` stay visible for three GETs after DELETE;
+//! - units named `lazy*` reach a new desired state only [`LAZY`] after it
+//!   was set (inactive, without a state or machine, until then).
 //!
 //! [`Server::stall_next_listing`] makes the next listing answer late, as a
-//! loaded server would.
+//! loaded server would. [`Server::hold_requests`] makes every request take
+//! a while, and the fake counts the requests in flight at once and the
+//! connections they came on (TCP only), so tests can check how fleetctl
+//! spreads its requests.
 //!
 //! Machines: [`M1`] (10.0.0.1, metadata) runs every scheduled unit; [`M2`]
 //! (no IP) only runs global units.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use fleetd::schema::{
@@ -40,11 +47,31 @@ pub const M2: &str = "2aa3c0d8e4f5a6b7c8d9e0f1a2b3c4d5";
 /// Page size of every listing: small, so paging is exercised.
 const PAGE: usize = 2;
 
+/// How long a `lazy*` unit takes to reach its desired state.
+pub const LAZY: Duration = Duration::from_millis(1200);
+
 /// One unit in the registry.
 #[derive(Clone, Debug)]
 struct Record {
     options: Vec<UnitOption>,
     desired: TargetState,
+    /// When the desired state was last set.
+    since: Instant,
+}
+
+impl Record {
+    fn new(options: Vec<UnitOption>, desired: TargetState) -> Record {
+        Record {
+            options,
+            desired,
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether the instantaneous agent has not got to this unit yet.
+    fn lagging(&self, name: &str) -> bool {
+        name.starts_with("stuck") || (name.starts_with("lazy") && self.since.elapsed() < LAZY)
+    }
 }
 
 /// The registry and a log of requests.
@@ -57,6 +84,15 @@ pub struct Fake {
     pub requests: Vec<String>,
     /// How long the next listing waits before it answers.
     stall: Option<Duration>,
+    /// How long every request waits before it is handled.
+    hold: Option<Duration>,
+    /// Requests being handled now.
+    in_flight: usize,
+    /// The most requests handled at once so far.
+    pub max_in_flight: usize,
+    /// The client addresses requests came from (TCP only): one per
+    /// connection.
+    pub peers: HashSet<SocketAddr>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -79,7 +115,7 @@ fn is_global(name: &str, options: &[UnitOption]) -> bool {
 /// Where the instantaneous agent has taken a unit: current state and
 /// machine.
 fn current(name: &str, rec: &Record) -> (TargetState, &'static str) {
-    if name.starts_with("stuck") {
+    if rec.lagging(name) {
         return (TargetState::Inactive, "");
     }
     match rec.desired {
@@ -112,7 +148,7 @@ fn unit_json(name: &str, rec: &Record, listing: bool) -> Unit {
 }
 
 fn states_of(name: &str, rec: &Record) -> Vec<UnitState> {
-    if name.starts_with("stuck") || rec.desired == TargetState::Inactive {
+    if rec.lagging(name) || rec.desired == TargetState::Inactive {
         return Vec::new();
     }
     let machines: &[&str] = if is_global(name, &rec.options) {
@@ -322,10 +358,10 @@ async fn put_unit(
         }
         fake.units.insert(
             name,
-            Record {
-                options: unit.options,
-                desired: unit.desired_state.unwrap_or(TargetState::Inactive),
-            },
+            Record::new(
+                unit.options,
+                unit.desired_state.unwrap_or(TargetState::Inactive),
+            ),
         );
         return StatusCode::CREATED.into_response();
     }
@@ -341,8 +377,10 @@ async fn put_unit(
             format!("cannot activate template {name:?}"),
         );
     }
-    if let Some(rec) = fake.units.get_mut(&name) {
-        rec.desired = desired;
+    if let Some(rec) = fake.units.get_mut(&name)
+        && rec.desired != desired
+    {
+        *rec = Record::new(rec.options.clone(), desired);
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -407,6 +445,26 @@ async fn list_machines(
     page_answer(&machines(), &q)
 }
 
+/// Around every request: counts it in flight (and its connection), holds
+/// it as [`Server::hold_requests`] asked, then handles it.
+async fn gauge(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let hold = {
+        let mut fake = lock(&s);
+        fake.in_flight += 1;
+        fake.max_in_flight = fake.max_in_flight.max(fake.in_flight);
+        if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+            fake.peers.insert(*peer);
+        }
+        fake.hold
+    };
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    let resp = next.run(req).await;
+    lock(&s).in_flight -= 1;
+    resp
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/fleet/v1/units", get(list_units))
@@ -417,6 +475,7 @@ fn router(state: Shared) -> Router {
         .route("/fleet/v1/state", get(list_states))
         .route("/fleet/v1/state/{name}", get(get_state))
         .route("/fleet/v1/machines", get(list_machines))
+        .layer(middleware::from_fn_with_state(state.clone(), gauge))
         .with_state(state)
 }
 
@@ -454,6 +513,7 @@ impl Server {
         let addr = listener.local_addr().expect("local addr");
         let state = Shared::default();
         let app = router(state.clone());
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Server {
             endpoint: format!("http://{addr}"),
@@ -471,6 +531,22 @@ impl Server {
     /// after `delay`.
     pub fn stall_next_listing(&self, delay: Duration) {
         lock(&self.state).stall = Some(delay);
+    }
+
+    /// Makes every request from now on wait `hold` before it is handled,
+    /// as a busy server would.
+    pub fn hold_requests(&self, hold: Duration) {
+        lock(&self.state).hold = Some(hold);
+    }
+
+    /// The most requests that were handled at once.
+    pub fn max_in_flight(&self) -> usize {
+        lock(&self.state).max_in_flight
+    }
+
+    /// How many connections the requests came on (TCP servers only).
+    pub fn connections(&self) -> usize {
+        lock(&self.state).peers.len()
     }
 
     /// The desired state of a unit, if it exists.

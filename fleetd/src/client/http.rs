@@ -7,10 +7,16 @@
 //! `fleetctl --tunnel`.
 //!
 //! Design choices:
-//! - One connection per request (hyper's `client::conn::http1` handshake over
-//!   the stream the connector opens). fleetctl makes a handful of sequential
-//!   requests, so a pool would buy nothing, and a fresh connection cannot be
-//!   closed under us by a server's idle timeout between two polls.
+//! - Connections are kept alive and reused (hyper's `client::conn::http1`
+//!   handshake over the stream the connector opens, then kept in a small
+//!   pool of idle connections, at most [`MAX_IDLE`]). fleetctl may send
+//!   thousands of requests for one command (`start` of many units), several
+//!   at once, and a new TCP connection, TLS handshake or SSH channel per
+//!   request cost more than the request. A pooled connection the server has
+//!   closed meanwhile (an idle timeout between two polls) is noticed: a
+//!   request it could not carry is sent again once on a fresh connection
+//!   when it was never written, or when it is a GET or PUT (both idempotent
+//!   in this API).
 //! - The timeout given at construction (fleetctl's `--request-timeout`)
 //!   bounds getting a connection: the connect, the TLS handshake, the SSH
 //!   channel of a tunnel. The answer itself is never cut short: the
@@ -69,6 +75,13 @@ const UNIX_HOST: &str = "domain-sock";
 /// The most pages a listing may take before the client gives up: a guard
 /// against a server that never stops issuing tokens.
 const MAX_PAGES: usize = 100_000;
+
+/// The most idle connections a client keeps for reuse: as many as
+/// fleetctl sends requests at once.
+pub const MAX_IDLE: usize = 32;
+
+/// One HTTP/1.1 connection's request side.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// A byte stream an HTTP/1.1 conversation can run over.
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -419,8 +432,12 @@ const PATH_SEGMENT_KEEP: &[u8] = b"!$&'()*+,;=:@";
 /// The `/fleet/v1` API over HTTP/1.1. See the module docs.
 #[derive(Clone)]
 pub struct HttpClient {
-    /// Opens a fresh stream for each request.
+    /// Opens a fresh stream when no idle connection is at hand.
     connect: Connector,
+    /// Idle connections kept alive for the next requests (shared by the
+    /// clones). A std mutex: held only to push or pop, never across an
+    /// await.
+    idle: Arc<std::sync::Mutex<Vec<Sender>>>,
     /// The endpoint as the user gave it, for error messages.
     endpoint: String,
     /// `Host` header value.
@@ -561,6 +578,7 @@ impl HttpClient {
     ) -> Self {
         HttpClient {
             connect,
+            idle: Arc::default(),
             endpoint: endpoint.to_owned(),
             host_header: parsed.host_header,
             base_path: parsed.base_path,
@@ -606,7 +624,7 @@ impl HttpClient {
 
     /// A connection to the server: the stream (with TLS, if any) and the
     /// HTTP/1.1 handshake, under the connect timeout.
-    async fn connection(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    async fn connection(&self) -> Result<Sender> {
         let open = async {
             let stream = (self.connect)()
                 .await
@@ -630,30 +648,79 @@ impl HttpClient {
         }
     }
 
-    /// Sends one request and reads the whole answer. Only getting the
-    /// connection is bounded in time (see the module docs).
+    /// An idle connection still open and ready, if the pool has one.
+    fn idle_connection(&self) -> Option<Sender> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose answer was read whole back in the pool.
+    fn keep(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    /// Sends one request and reads the whole answer, on an idle connection
+    /// when there is one (see the module docs for when it is sent again on a
+    /// fresh one). Only getting a connection is bounded in time.
     async fn send(
         &self,
         method: Method,
         uri: String,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes)> {
-        let mut sender = self.connection().await?;
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(uri.as_str())
-            .header(HOST, self.host_header.as_str());
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Protocol(format!("cannot build request {method} {uri}: {e}")))?;
+        let json = body.is_some();
+        let body = Bytes::from(body.unwrap_or_default());
+        let build = || {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.as_str())
+                .header(HOST, self.host_header.as_str());
+            if json {
+                req = req.header(CONTENT_TYPE, "application/json");
+            }
+            // The body is a cheap `Bytes` clone.
+            req.body(Full::new(body.clone()))
+                .map_err(|e| Error::Protocol(format!("cannot build request {method} {uri}: {e}")))
+        };
+        let req = build()?;
         tracing::debug!(%method, %uri, endpoint = %self.endpoint, "fleet API request");
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let (resp, sender) = match self.idle_connection() {
+            Some(mut sender) => {
+                let again = if method == Method::GET || method == Method::PUT {
+                    Some(build()?)
+                } else {
+                    None
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => (resp, sender),
+                    Err(mut err) => {
+                        let Some(req) = err.take_message().or(again) else {
+                            return Err(self.transport_error(err.into_error()));
+                        };
+                        tracing::debug!(error = %err.error(), "kept connection failed, sending again");
+                        self.send_fresh(req).await?
+                    }
+                }
+            }
+            None => self.send_fresh(req).await?,
+        };
         let status = resp.status();
         let body = resp
             .into_body()
@@ -661,8 +728,22 @@ impl HttpClient {
             .await
             .map_err(|e| self.transport_error(e))?
             .to_bytes();
+        self.keep(sender);
         tracing::debug!(%status, bytes = body.len(), "fleet API response");
         Ok((status, body))
+    }
+
+    /// Sends `req` on a new connection.
+    async fn send_fresh(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Sender)> {
+        let mut sender = self.connection().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        Ok((resp, sender))
     }
 
     /// GETs `uri` and decodes a 2xx answer; `Ok(None)` on 404 when
