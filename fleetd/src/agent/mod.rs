@@ -28,8 +28,8 @@
 //!   entry. There are no cluster-wide reads.
 //! - **Level-triggered.** A pass runs on every schedule change and on an
 //!   interval (5 s, the safety net). Each pass observes afresh: the files in
-//!   the units directory (hashed) and systemd's states of the units involved,
-//!   in one call. Nothing is acted on while the schedule has not been listed,
+//!   the units directory (read every time, parsed and hashed only when their
+//!   text changed) and systemd's states of the units involved, in one call. Nothing is acted on while the schedule has not been listed,
 //!   and a pass whose observations fail does nothing, so an etcd or D-Bus
 //!   outage never stops a unit.
 //! - **Restarts touch nothing.** A unit whose file has the right hash and
@@ -247,6 +247,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
         let ops = TaskTracker::new();
         let ops_cancel = cancel.child_token();
         let mut book = Book::default();
+        let mut parsed = ParsedFiles::default();
         let mut passes = 0;
         loop {
             tokio::select! {
@@ -273,7 +274,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                 continue;
             }
             let started = Instant::now();
-            let Some(pass) = self.observe(&schedule, &book.managed).await else {
+            let Some(pass) = self.observe(&schedule, &book.managed, &mut parsed).await else {
                 continue;
             };
             passes += 1;
@@ -331,6 +332,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
         &self,
         schedule: &Store<(UnitName, ScheduledUnit)>,
         managed: &BTreeMap<UnitName, Managed>,
+        parsed: &mut ParsedFiles,
     ) -> Option<Pass> {
         let (snapshot, revision) = schedule.snapshot_at();
         let entries: BTreeMap<UnitName, ScheduledUnit> = snapshot
@@ -339,7 +341,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
             .collect();
 
         let files = match self.systemd.unit_files().await {
-            Ok(files) => parse_files(files),
+            Ok(files) => parsed.parse(files),
             Err(e) => {
                 warn!(error = %error_chain(&e), "cannot list the units directory; doing nothing this round");
                 return None;
@@ -450,7 +452,7 @@ impl<K: Kv, S: SystemdManager> Agent<K, S> {
                     .unit_files()
                     .await
                     .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-                let names: BTreeSet<UnitName> = parse_files(files).into_keys().collect();
+                let names: BTreeSet<UnitName> = parse_files(&files).into_keys().collect();
                 seen.extend(names.iter().cloned());
                 remaining.clone_from(&names);
                 if names.is_empty() || attempt == PURGE_ATTEMPTS || Instant::now() >= deadline {
@@ -633,32 +635,70 @@ impl Book {
     }
 }
 
-/// The units directory by unit name, each file parsed and hashed (`None`: it
-/// does not parse, and will be replaced or unloaded). Files whose names are
-/// not unit names are not ours and are left alone.
-fn parse_files(
-    files: BTreeMap<String, String>,
-) -> BTreeMap<UnitName, Option<(UnitFile, UnitHash)>> {
+/// A file of the units directory, parsed and hashed: `None` when it does not
+/// parse (it will be replaced or unloaded).
+type ParsedFile = Option<(UnitFile, UnitHash)>;
+
+/// The units directory by unit name, each file parsed and hashed. Files whose
+/// names are not unit names are not ours and are left alone.
+fn parse_files(files: &BTreeMap<String, String>) -> BTreeMap<UnitName, ParsedFile> {
     files
-        .into_iter()
-        .filter_map(|(name, text)| {
-            let Ok(unit) = name.parse::<UnitName>() else {
-                warn!(file = %name, "ignoring a file in the units directory that is not a unit name");
-                return None;
-            };
-            let file = match UnitFile::parse(&text) {
-                Ok(file) => {
-                    let hash = file.hash();
-                    Some((file, hash))
-                }
-                Err(e) => {
-                    warn!(unit = %name, error = %e, "unit file in the units directory does not parse");
-                    None
-                }
-            };
-            Some((unit, file))
-        })
+        .iter()
+        .filter_map(|(name, text)| parse_file(name, text))
         .collect()
+}
+
+/// One file of the units directory; `None` when its name is not a unit name.
+fn parse_file(name: &str, text: &str) -> Option<(UnitName, ParsedFile)> {
+    let Ok(unit) = name.parse::<UnitName>() else {
+        warn!(file = %name, "ignoring a file in the units directory that is not a unit name");
+        return None;
+    };
+    let file = match UnitFile::parse(text) {
+        Ok(file) => {
+            let hash = file.hash();
+            Some((file, hash))
+        }
+        Err(e) => {
+            warn!(unit = %name, error = %e, "unit file in the units directory does not parse");
+            None
+        }
+    };
+    Some((unit, file))
+}
+
+/// The units directory as the last pass parsed it, so that an idle pass does
+/// not parse and hash every file again.
+///
+/// Keyed by the file's whole text, not by its metadata: every pass still
+/// reads every file, so a file that someone else changed (even within the
+/// same second and to the same size) is parsed and hashed afresh and the
+/// agent puts the scheduled content back, as without the cache. Comparing
+/// the text is a byte comparison, far cheaper than parsing and hashing it.
+#[derive(Default)]
+struct ParsedFiles {
+    /// By file name: the text last read, and what it parsed to (`None`: the
+    /// name is not a unit name).
+    seen: BTreeMap<String, (String, Option<(UnitName, ParsedFile)>)>,
+}
+
+impl ParsedFiles {
+    /// [`parse_files`] of `files`, parsing only the files whose text changed
+    /// since the last call; forgets the files that are gone.
+    fn parse(&mut self, files: BTreeMap<String, String>) -> BTreeMap<UnitName, ParsedFile> {
+        let mut last = std::mem::take(&mut self.seen);
+        for (name, text) in files {
+            let parsed = match last.remove(&name) {
+                Some((seen, parsed)) if seen == text => parsed,
+                _ => parse_file(&name, &text),
+            };
+            self.seen.insert(name, (text, parsed));
+        }
+        self.seen
+            .values()
+            .filter_map(|(_, parsed)| parsed.clone())
+            .collect()
+    }
 }
 
 pub(crate) use crate::errors::error_chain;

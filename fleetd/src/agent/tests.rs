@@ -136,6 +136,12 @@ impl Env {
 
     /// Starts fleetd's agent side on this machine.
     fn start(&self) -> Node {
+        self.start_on(self.registry.clone())
+    }
+
+    /// [`Env::start`] with the agent side reaching the store through
+    /// `registry` (a wrapper over this store).
+    fn start_on<K: Kv>(&self, registry: Registry<K>) -> Node<K> {
         let systemd = Arc::new(self.fake.clone());
         let record = MachineRecord {
             id: self.me.clone(),
@@ -146,16 +152,16 @@ impl Env {
             token: "token-m1".into(),
         };
         let (ready_tx, ready) = watch::channel(false);
-        let heart = Heart::new(self.registry.clone(), record, TTL, ready_tx);
+        let heart = Heart::new(registry.clone(), record, TTL, ready_tx);
         let (publisher, handle) = Publisher::new(
-            self.registry.clone(),
+            registry.clone(),
             systemd.clone(),
             self.me.clone(),
             heart.leases(),
             PublisherConfig::from_agent_ttl(TTL),
         );
         let agent = Agent::new(
-            self.registry.clone(),
+            registry,
             systemd,
             self.me.clone(),
             AgentConfig::default(),
@@ -179,17 +185,17 @@ impl Env {
 }
 
 /// One running fleetd (agent side).
-struct Node {
-    agent: Agent<MemKv, FakeManager>,
-    presence: HeartHandle<MemKv>,
+struct Node<K: Kv = MemKv> {
+    agent: Agent<K, FakeManager>,
+    presence: HeartHandle<K>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     ready: watch::Receiver<bool>,
 }
 
-impl Node {
+impl<K: Kv> Node<K> {
     /// Stops the loops without purging, as a crash or an upgrade would.
-    async fn stop(self) -> (Agent<MemKv, FakeManager>, HeartHandle<MemKv>) {
+    async fn stop(self) -> (Agent<K, FakeManager>, HeartHandle<K>) {
         self.cancel.cancel();
         for task in self.tasks {
             task.await.expect("no task panics").expect("no task fails");
@@ -504,6 +510,161 @@ async fn states_are_written_only_when_they_change() {
     let before = env.kv.revision();
     tokio::time::sleep(TTL * 3).await;
     assert_eq!(env.kv.revision(), before, "idle agent writes nothing");
+    node.stop().await;
+}
+
+/// A [`Kv`] that counts the requests made to the store under it, by
+/// operation (the daemon's `Metered` counts into the process-wide metrics,
+/// which tests running side by side share).
+#[derive(Clone)]
+struct Counting<K> {
+    /// The store.
+    inner: K,
+    /// Requests so far, by operation.
+    counts: Arc<std::sync::Mutex<BTreeMap<&'static str, usize>>>,
+}
+
+impl<K> Counting<K> {
+    fn new(inner: K) -> Self {
+        Counting {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+
+    fn record(&self, op: &'static str) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(op).or_default() += 1;
+    }
+
+    /// The counts so far, starting again from zero.
+    fn take(&self) -> BTreeMap<&'static str, usize> {
+        std::mem::take(
+            &mut *self
+                .counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl<K: Kv> Kv for Counting<K> {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> crate::registry::Result<(Option<crate::registry::kv::KeyValue>, Revision)> {
+        self.record("get");
+        self.inner.get(key).await
+    }
+
+    async fn read_range(
+        &self,
+        req: crate::registry::kv::RangeRequest<'_>,
+    ) -> crate::registry::Result<crate::registry::kv::RangePage> {
+        self.record("range");
+        self.inner.read_range(req).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> crate::registry::Result<(Vec<crate::registry::kv::KeyValue>, Revision)> {
+        self.record("list");
+        self.inner.list(prefix).await
+    }
+
+    async fn txn(&self, txn: Txn) -> crate::registry::Result<crate::registry::kv::TxnResponse> {
+        self.record("txn");
+        self.inner.txn(txn).await
+    }
+
+    async fn grant(&self, ttl: Duration) -> crate::registry::Result<crate::registry::LeaseId> {
+        self.record("grant");
+        self.inner.grant(ttl).await
+    }
+
+    async fn keep_alive(
+        &self,
+        lease: crate::registry::LeaseId,
+    ) -> crate::registry::Result<Duration> {
+        self.record("keep_alive");
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke(&self, lease: crate::registry::LeaseId) -> crate::registry::Result<()> {
+        self.record("revoke");
+        self.inner.revoke(lease).await
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> crate::registry::Result<crate::registry::kv::WatchStream> {
+        self.record("watch");
+        self.inner.watch(prefix, from).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_machine_only_keeps_its_lease_alive() {
+    let env = Env::new();
+    let counting = Counting::new(env.kv.clone());
+    let node = env.start_on(Registry::new(counting.clone(), "/fleet/"));
+    let units: Vec<String> = (0..3).map(|i| format!("u{i}.service")).collect();
+    for unit in &units {
+        env.schedule(unit, TargetState::Launched, SLEEPER).await;
+    }
+    for unit in &units {
+        launched(&env, unit).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    counting.take();
+    // Many agent passes (every 5 s), publisher resyncs (every TTL/2) and
+    // heartbeats (every TTL/3).
+    tokio::time::sleep(TTL * 4).await;
+    let mut counts = counting.take();
+    let keep_alives = counts.remove("keep_alive").unwrap_or_default();
+    assert!(
+        counts.is_empty(),
+        "an idle machine made requests besides keep-alives: {counts:?}"
+    );
+    assert!(
+        (11..=13).contains(&keep_alives),
+        "one keep-alive every TTL/3, got {keep_alives} in 4 TTLs"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_unit_file_changed_by_someone_else_is_put_back_by_the_safety_net() {
+    let env = Env::new();
+    let node = env.start();
+    env.schedule("a.service", TargetState::Launched, SLEEPER)
+        .await;
+    launched(&env, "a.service").await;
+    let scheduled = env
+        .fake
+        .file("a.service")
+        .expect("the agent wrote the file");
+    // A few idle passes (each reads the file), then an edit behind the
+    // agent's back, with nothing in etcd changing.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    env.fake
+        .put_file("a.service", "[Service]\nExecStart=/bin/sleep 2000\n");
+    let starts = env.count(FakeMethod::StartUnit);
+    // The next safety-net pass (every 5 s) puts the scheduled content back
+    // and starts the unit from it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(env.fake.file("a.service"), Some(scheduled));
+    assert!(
+        env.count(FakeMethod::StartUnit) > starts,
+        "restarted with it"
+    );
+    launched(&env, "a.service").await;
     node.stop().await;
 }
 
