@@ -31,6 +31,9 @@
 //!   engine, then for the machine that leads the engine (its engine is
 //!   aborted too, so the leader lease expires after 5 engine intervals).
 //!
+//! Machines start all at once, or `BENCH_START_BATCH` at a time, each batch
+//! once the one before has registered.
+//!
 //! ```text
 //! cargo run --release -p fleet-tests --example bench_cluster
 //! BENCH_MACHINES=1000 BENCH_UNITS=10000 cargo run --release -p fleet-tests --example bench_cluster
@@ -262,6 +265,7 @@ async fn simulate() -> anyhow::Result<()> {
     let n = env("BENCH_UNITS", 1_000);
     let idle_secs = env("BENCH_IDLE_SECS", 30);
     let agent_ttl = Duration::from_secs(env("BENCH_AGENT_TTL", 5) as u64);
+    let start_batch = env("BENCH_START_BATCH", usize::MAX).max(1);
     raise_nofile();
     println!("cluster simulator: {machines} machines, {n} units, agent_ttl {agent_ttl:?}");
 
@@ -325,6 +329,13 @@ async fn simulate() -> anyhow::Result<()> {
                 engine: None,
             },
         );
+        if ready.len() >= start_batch {
+            // A booting cluster does not start every machine at once.
+            for r in &mut ready {
+                r.wait_for(|r| *r).await?;
+            }
+            ready.clear();
+        }
     }
     for r in &mut ready {
         r.wait_for(|r| *r).await?;
@@ -364,7 +375,7 @@ async fn simulate() -> anyhow::Result<()> {
         let (texts, next) = (texts.clone(), next.clone());
         let client = HttpClient::new(&endpoint, Duration::from_secs(30))?;
         clients.spawn(async move {
-            let mut latencies = Vec::new();
+            let (mut latencies, mut failures) = (Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(text) = texts.get(i) else { break };
@@ -375,16 +386,39 @@ async fn simulate() -> anyhow::Result<()> {
                     options: file.options().iter().cloned().map(Into::into).collect(),
                     ..Unit::default()
                 };
-                let t = Instant::now();
-                client.create_unit(&unit).await?;
-                latencies.push(t.elapsed());
+                let mut attempt = 0;
+                loop {
+                    let t = Instant::now();
+                    match client.create_unit(&unit).await {
+                        Ok(()) => {
+                            latencies.push(t.elapsed());
+                            break;
+                        }
+                        // Counted and retried, as a user would.
+                        Err(e) if attempt < 5 => {
+                            attempt += 1;
+                            failures.push(format!("{e:#}"));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
-            anyhow::Ok(latencies)
+            anyhow::Ok((latencies, failures))
         });
     }
     let mut latencies = Vec::with_capacity(n);
+    let mut failures = Vec::new();
     while let Some(r) = clients.join_next().await {
-        latencies.extend(r??);
+        let (l, f) = r??;
+        latencies.extend(l);
+        failures.extend(f);
+    }
+    if let Some(first_failure) = failures.first() {
+        println!(
+            "{} PUTs failed and were retried; the first: {first_failure}",
+            failures.len()
+        );
     }
     let last = Instant::now();
     latencies.sort();
