@@ -48,20 +48,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use systemd::{DbusConfig, DbusManager, ProcessUnit};
+use systemd::{DbusConfig, DbusManager, ProcessUnit, SystemdManager};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::agent::{Agent, AgentConfig, Heart, Publisher, PublisherConfig};
+use crate::agent::{Agent, AgentConfig, Heart, HeartHandle, Publisher, PublisherConfig};
 use crate::api::{self, ApiOptions, Listener};
 use crate::client::RegistryClient;
 use crate::config::{Config, ListenAddr};
 use crate::engine::{Engine, EngineConfig, EngineSnapshot};
 use crate::registry::cache::CacheMode;
 use crate::registry::etcd::EtcdConnectOptions;
-use crate::registry::{EtcdKv, Registry};
+use crate::registry::{EtcdKv, Kv, Registry};
 use crate::schema::{Capabilities, MachineId, MachineRecord};
 
 /// How long the purge and the final drain may take before fleetd exits anyway.
@@ -399,23 +399,15 @@ async fn run_generation(
         version: crate::VERSION.to_owned(),
         token,
     };
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let heart = Heart::new(registry.clone(), record, config.agent_ttl, ready_tx);
-    let presence = heart.handle();
-    let (publisher, publisher_handle) = Publisher::new(
+    let side = MachineAgent::new(
         registry.clone(),
         systemd.clone(),
-        machine.clone(),
-        heart.leases(),
+        record,
+        config.agent_ttl,
+        settings.agent,
         settings.publisher,
     );
-    let agent = Agent::new(
-        registry.clone(),
-        systemd.clone(),
-        machine.clone(),
-        settings.agent,
-        publisher_handle,
-    );
+    let (presence, agent, ready_rx) = (side.presence(), side.agent(), side.ready());
     let engine = Engine::new(registry.clone(), machine.clone(), settings.engine);
     let engine_state = engine.subscribe();
     let router = api::router_with_cluster(
@@ -440,14 +432,9 @@ async fn run_generation(
             .instrument(info_span!("api")),
         );
     }
-    let c = loops.clone();
-    tasks.spawn(async move { ("heart", heart.run(c).await) });
-    let c = loops.clone();
-    tasks.spawn(async move { ("publisher", publisher.run(c).await) });
-    // The agent and the engine act for this machine ID: only once it is ours.
-    let (c, r) = (loops.clone(), ready_rx.clone());
-    let a = agent.clone();
-    tasks.spawn(async move { ("agent", once_registered(r, &c, a.run(c.clone())).await) });
+    side.spawn(&mut tasks, &loops);
+    // The engine acts for this machine ID, as the agent does: only once it
+    // is ours.
     let (c, r) = (loops.clone(), ready_rx.clone());
     tasks.spawn(async move {
         (
@@ -565,7 +552,93 @@ async fn run_generation(
 }
 
 /// The components' tasks, each returning its name and how it ended.
-type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// One machine's agent side, wired as the daemon runs it: the heart
+/// (presence on one lease of `agent_ttl`), the publisher of unit states (on
+/// that lease) and the agent (following only this machine's schedule). The
+/// daemon builds one per generation; the cluster simulator
+/// (`tests/examples/bench_cluster.rs`) builds thousands in one process over
+/// a fake systemd, so both run the same wiring.
+pub struct MachineAgent<K: Kv, S: SystemdManager> {
+    /// Keeps the machine registered.
+    heart: Heart<K>,
+    /// Reports the units' states.
+    publisher: Publisher<K, S>,
+    /// Drives systemd to follow the schedule.
+    agent: Agent<K, S>,
+    /// True while the machine is registered: gates the agent (and, in the
+    /// daemon, the engine and the API).
+    ready: watch::Receiver<bool>,
+}
+
+impl<K: Kv, S: SystemdManager> MachineAgent<K, S> {
+    /// The agent side of the machine `record` describes, driving `systemd`.
+    pub fn new(
+        registry: Registry<K>,
+        systemd: Arc<S>,
+        record: MachineRecord,
+        agent_ttl: Duration,
+        agent: AgentConfig,
+        publisher: PublisherConfig,
+    ) -> Self {
+        let machine = record.id.clone();
+        let (ready_tx, ready) = watch::channel(false);
+        let heart = Heart::new(registry.clone(), record, agent_ttl, ready_tx);
+        let (publisher, publisher_handle) = Publisher::new(
+            registry.clone(),
+            systemd.clone(),
+            machine.clone(),
+            heart.leases(),
+            publisher,
+        );
+        let agent = Agent::new(registry, systemd, machine, agent, publisher_handle);
+        MachineAgent {
+            heart,
+            publisher,
+            agent,
+            ready,
+        }
+    }
+
+    /// The agent, for the purge and state dumps.
+    pub fn agent(&self) -> Agent<K, S> {
+        self.agent.clone()
+    }
+
+    /// The heart's handle, for the purge of the machine's presence.
+    pub fn presence(&self) -> HeartHandle<K> {
+        self.heart.handle()
+    }
+
+    /// Whether the machine is registered.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Spawns the heart, the publisher and the agent on `tasks` until
+    /// `cancel`; the agent only once the machine is registered (it acts for
+    /// this machine ID only once the ID is ours).
+    pub fn spawn(self, tasks: &mut Tasks, cancel: &CancellationToken) {
+        let MachineAgent {
+            heart,
+            publisher,
+            agent,
+            ready,
+        } = self;
+        let c = cancel.clone();
+        tasks.spawn(async move { ("heart", heart.run(c).await) });
+        let c = cancel.clone();
+        tasks.spawn(async move { ("publisher", publisher.run(c).await) });
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            (
+                "agent",
+                once_registered(ready, &c, agent.run(c.clone())).await,
+            )
+        });
+    }
+}
 
 /// Stops a generation: the API stops accepting, the loops are cancelled and
 /// drained under [`SHUTDOWN_DEADLINE`]. Units are left as they are.
