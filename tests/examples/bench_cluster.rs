@@ -50,10 +50,11 @@ use fleetd::api::{self, ApiOptions};
 use fleetd::client::{FleetApi, HttpClient, RegistryClient};
 use fleetd::daemon::{MachineAgent, Tasks};
 use fleetd::engine::{Engine, EngineConfig, EngineSnapshot};
-use fleetd::registry::cache::CancellationToken;
+use fleetd::registry::CancellationToken;
 use fleetd::registry::{EtcdKv, Kv, Registry};
 use fleetd::schema::{Capabilities, MachineId, MachineRecord, TargetState, Unit};
 use systemd::FakeManager;
+use testbed::bench::{self, machine_id};
 use testbed::etcd::Etcd;
 use tokio::sync::watch;
 use units::{UnitFile, UnitName};
@@ -63,19 +64,6 @@ const CLIENTS: usize = 32;
 
 /// Where the simulated cluster keeps its keys.
 const PREFIX: &str = "/bench/";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn machine_id(i: usize) -> MachineId {
-    format!("{i:08x}{:024x}", i * 7919)
-        .parse()
-        .expect("hex machine IDs are valid")
-}
 
 /// The resident set size of process `pid` ("self" for this one), in MiB.
 fn rss_mib(pid: &str) -> f64 {
@@ -261,11 +249,11 @@ fn main() -> anyhow::Result<()> {
 
 #[allow(clippy::too_many_lines, clippy::cast_precision_loss)] // one scenario, read top to bottom; figures are printed as floats
 async fn simulate() -> anyhow::Result<()> {
-    let machines = env("BENCH_MACHINES", 100).max(3);
-    let n = env("BENCH_UNITS", 1_000);
-    let idle_secs = env("BENCH_IDLE_SECS", 30);
-    let agent_ttl = Duration::from_secs(env("BENCH_AGENT_TTL", 5) as u64);
-    let start_batch = env("BENCH_START_BATCH", usize::MAX).max(1);
+    let machines = bench::env_usize("BENCH_MACHINES", 100).max(3);
+    let n = bench::env_usize("BENCH_UNITS", 1_000);
+    let idle_secs = bench::env_usize("BENCH_IDLE_SECS", 30);
+    let agent_ttl = Duration::from_secs(bench::env_usize("BENCH_AGENT_TTL", 5) as u64);
+    let start_batch = bench::env_usize("BENCH_START_BATCH", usize::MAX).max(1);
     raise_nofile();
     println!("cluster simulator: {machines} machines, {n} units, agent_ttl {agent_ttl:?}");
 

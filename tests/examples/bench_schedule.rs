@@ -19,15 +19,9 @@ use std::time::{Duration, Instant};
 use fleetd::engine::{Engine, EngineConfig};
 use fleetd::registry::CancellationToken;
 use fleetd::schema::{Capabilities, MachineId, MachineRecord, TargetState, UnitRecord};
-use testbed::bench;
+use testbed::bench::{self, machine_id};
 use testbed::util::wait_until;
 use units::{UnitFile, UnitName};
-
-fn machine_id(i: usize) -> MachineId {
-    format!("{i:08x}{:024x}", i * 7919)
-        .parse()
-        .expect("hex machine IDs are valid")
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

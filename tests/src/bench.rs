@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fleetd::registry::{EtcdKv, Registry};
+use fleetd::schema::MachineId;
 
 use crate::etcd::Etcd;
 
@@ -18,6 +19,14 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The ID of simulated machine `i`: distinct, valid, stable across runs.
+#[must_use]
+pub fn machine_id(i: usize) -> MachineId {
+    format!("{i:08x}{:024x}", i * 7919)
+        .parse()
+        .expect("32 hex digits make a valid machine ID")
 }
 
 /// A new etcd and a registry on it under `/bench/`. The etcd stops when the
