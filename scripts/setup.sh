@@ -12,6 +12,7 @@ packages=(
   nftables iproute2                   # network namespaces, cutting machines off
   openssh-server openssh-client       # sshd in the test machines, ssh-agent/ssh-keygen for fleetctl's SSH tests
   tmux                                # a terminal for the interactive fleetctl ssh test
+  python3                             # the TCP forwarder inside a machine (fleetctl --tunnel --driver=etcd test)
   openssl                             # test certificates for etcd over TLS
   g++                                 # libfuzzer-sys builds libFuzzer for the fuzz targets
   curl ca-certificates
