@@ -1263,6 +1263,20 @@ fn lines_of(names: &[String], line: impl Fn(&str) -> String) -> String {
     names.iter().map(|n| line(n) + "\n").collect()
 }
 
+/// The arguments `cmd` followed by `names`.
+fn command_line(cmd: &[&str], names: &[String]) -> Vec<String> {
+    cmd.iter()
+        .map(|s| (*s).to_owned())
+        .chain(names.iter().cloned())
+        .collect()
+}
+
+/// [`fleetctl`] with owned arguments.
+async fn fleetctl_args(server: &Server, dir: &Path, args: &[String]) -> Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fleetctl(server, dir, &args).await
+}
+
 /// Many units are created, started, stopped and destroyed with several
 /// requests in flight (at most 16) on a few kept connections, and print
 /// exactly what one request after the other printed: every line in
@@ -1274,16 +1288,8 @@ async fn many_units_go_out_together_and_print_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let names = many_units(d, "many", 300);
-    let with = |cmd: &[&'static str]| -> Vec<String> {
-        cmd.iter()
-            .map(|s| (*s).to_owned())
-            .chain(names.iter().cloned())
-            .collect()
-    };
-    let run = async |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fleetctl(&server, d, &args).await
-    };
+    let with = |cmd: &[&str]| command_line(cmd, &names);
+    let run = async |args: Vec<String>| fleetctl_args(&server, d, &args).await;
 
     let started = std::time::Instant::now();
     let r = run(with(&["start", "--no-block"])).await;
@@ -1307,6 +1313,59 @@ async fn many_units_go_out_together_and_print_in_order() {
     let r = run(with(&["destroy"])).await;
     expect(&r, 0, &lines_of(&names, |n| format!("Destroyed {n}")), "");
     assert!(server.max_in_flight() <= 16, "{}", server.max_in_flight());
+}
+
+/// `start --no-block` of many new units sends one PUT per unit (options and
+/// desired state together) after one listing of the registry, and no
+/// look-ups or waits; of submitted units, one PUT each after the listing.
+/// The output is the same as before: `Unit <n> inactive` for each created
+/// unit, then `Triggered unit <n> start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_of_many_units_sends_one_put_per_unit() {
+    let server = Server::unix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let names = many_units(d, "few", 100);
+    let args = command_line;
+    let run = async |args: Vec<String>| fleetctl_args(&server, d, &args).await;
+    // 100 units in the end: a listing of 51 pages (the fake's pages hold
+    // 2, and a full last page still carries a token), fewer than the 70
+    // look-ups of the second start.
+    let (new, old) = names.split_at(30);
+    let sent_for = async |args: Vec<String>| {
+        let before = server.requests().len();
+        let r = run(args).await;
+        (r, server.requests()[before..].to_vec())
+    };
+
+    let (r, sent) = sent_for(args(&["start", "--no-block"], new)).await;
+    let created = lines_of(new, |n| format!("Unit {n} inactive"));
+    let triggered = lines_of(new, |n| format!("Triggered unit {n} start"));
+    expect(&r, 0, &(created + &triggered), "");
+    let puts = sent.iter().filter(|q| q.starts_with("PUT ")).count();
+    assert_eq!(puts, new.len(), "{sent:#?}");
+    // The registry was empty: its listing is one page.
+    assert_eq!(sent.len(), new.len() + 1, "{sent:#?}");
+    for n in new {
+        assert_eq!(server.desired(n), Some(TargetState::Launched), "{n}");
+    }
+
+    let r = run(args(&["submit"], old)).await;
+    expect(&r, 0, &lines_of(old, |n| format!("Unit {n} inactive")), "");
+    let (r, sent) = sent_for(args(&["start", "--no-block"], old)).await;
+    expect(
+        &r,
+        0,
+        &lines_of(old, |n| format!("Triggered unit {n} start")),
+        "",
+    );
+    let puts = sent.iter().filter(|q| q.starts_with("PUT ")).count();
+    assert_eq!(puts, old.len(), "{sent:#?}");
+    assert!(
+        !sent.iter().any(|q| q.starts_with("GET /fleet/v1/units/")),
+        "no look-ups: {sent:#?}"
+    );
+    assert_eq!(sent.len(), old.len() + 51, "{sent:#?}");
 }
 
 /// The units of a blocking start that take a while, and the lines it prints

@@ -19,7 +19,10 @@
 //! those of one request after the other. A command naming a unit twice runs
 //! one request at a time, as the second request depends on the first. The
 //! waits read one listing per poll when they wait for many units
-//! (`wait.rs`).
+//! (`wait.rs`). `submit`, `load` and `start` of many units read them from
+//! one listing when it is cheaper than a look-up each, create a missing
+//! unit with its desired state in one PUT, and look no unit up twice
+//! ([`create_units`]): `start --no-block` of new units is one PUT each.
 
 pub mod cat;
 pub mod completion;
@@ -278,20 +281,30 @@ where
 
 /// Sets the desired state of each named unit that is not already there and
 /// returns those units (as they were before), in order (Go's
-/// `setTargetStateOfUnits`). Stops at the first error.
+/// `setTargetStateOfUnits`). Stops at the first error. A unit in `known`
+/// is not looked up again: one [`Known::Created`] with its desired state
+/// already set needs no request at all.
 pub async fn set_target_states<A: FleetApi>(
     ctx: &mut Ctx<'_, A>,
     names: &[String],
     state: TargetState,
+    known: &KnownUnits,
 ) -> anyhow::Result<Vec<Unit>> {
     let api = ctx.api;
     let mut triggered = Vec::new();
     let set = async |name: &String| -> anyhow::Result<Option<Unit>> {
-        let unit = api
-            .unit(name)
-            .await
-            .with_context(|| format!("error retrieving unit {name} from registry"))?
-            .ok_or_else(|| anyhow!("unable to find unit {name}"))?;
+        let unit = match known.get(name) {
+            Some(Known::Created(unit)) => {
+                tracing::debug!(unit = %name, %state, "unit created in desired state");
+                return Ok(Some(unit.clone()));
+            }
+            Some(Known::Found(unit)) => unit.clone(),
+            None => api
+                .unit(name)
+                .await
+                .with_context(|| format!("error retrieving unit {name} from registry"))?
+                .ok_or_else(|| anyhow!("unable to find unit {name}"))?,
+        };
         if unit.desired_state == Some(state) {
             tracing::debug!(unit = %name, %state, "unit already in desired state, skipping");
             return Ok(None);
@@ -321,6 +334,16 @@ pub enum CreateFor {
 }
 
 impl CreateFor {
+    /// The desired state the command sets after creating the units (none
+    /// for `submit`: they stay inactive).
+    fn target(self) -> Option<TargetState> {
+        match self {
+            CreateFor::Submit => None,
+            CreateFor::Load => Some(TargetState::Loaded),
+            CreateFor::Start => Some(TargetState::Launched),
+        }
+    }
+
     fn may_replace(self, desired: Option<TargetState>) -> bool {
         match self {
             CreateFor::Start => true,
@@ -330,11 +353,48 @@ impl CreateFor {
     }
 }
 
+/// What [`create_units`] learnt of a unit, so that setting its desired
+/// state needs no second look-up.
+#[derive(Debug, Clone)]
+pub enum Known {
+    /// Found in the registry and left as it was: the unit as read.
+    Found(Unit),
+    /// Created by this command with the command's desired state in the
+    /// same request: the unit as it was before (inactive).
+    Created(Unit),
+}
+
+/// What [`create_units`] learnt, by unit name.
+pub type KnownUnits = HashMap<String, Known>;
+
+/// What became of one argument's unit in [`create_units`].
+enum Made {
+    /// It exists and was left alone.
+    Kept(Unit),
+    /// It did not exist and was created (with the command's desired state,
+    /// see [`create_units`]); it is in the registry, inactive, as soon as
+    /// the request returned.
+    Created(Unit),
+    /// It was created or replaced as inactive, to be waited for.
+    Submitted(String),
+}
+
 /// Makes sure every argument's unit exists in the registry (Go's
 /// `lazyCreateUnits`): existing units are kept (or replaced with
 /// `replace`, when the local file differs and the command allows it),
-/// missing ones are created from their file or template. Then waits for each
-/// created unit to report `inactive`, printing `Unit <name> <state>`.
+/// missing ones are created from their file or template. Then prints `Unit
+/// <name> <state>` for each created unit, waiting for a replaced one to
+/// report `inactive`. Returns what it learnt of the units, for
+/// [`set_target_states`].
+///
+/// Fewer requests than the original, same outcome: the units are read from
+/// one listing when that is cheaper than a look-up each
+/// ([`FleetApi::units_within`]); a missing unit is created with the
+/// command's desired state in one PUT (as the original's two PUTs leave it;
+/// not a template, which cannot be activated, so its error stays the
+/// original's); and a created unit is not waited for, as it is in the
+/// registry, inactive, once its PUT returned. When a name repeats, each
+/// unit is looked up and created as in the original, one after the other.
 ///
 /// # Errors
 ///
@@ -347,62 +407,119 @@ pub async fn create_units<A: FleetApi>(
     replace: bool,
     command: CreateFor,
     budget: Budget,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<KnownUnits> {
     let api = ctx.api;
-    let mut created = Vec::new();
+    let limit = in_flight(args.iter().map(|a| units_io::unit_name(a)));
+    let fast = limit > 1;
+    let listed = if fast {
+        list_units(api, args.len()).await
+    } else {
+        None
+    };
+    let listed = listed.as_ref();
+    let mut made = Vec::new();
     // Each unit's messages are recorded and printed in argument order.
     let create = async |arg: &String| {
         let (mut ui, recording) = Ui::recording();
         let arg = units_io::append_default_type(arg);
         let name = units_io::unit_name(&arg);
-        let result: anyhow::Result<Option<String>> = async {
-            if !should_create(api, &mut ui, &arg, &name, replace, command).await? {
-                return Ok(None);
+        let result: anyhow::Result<Made> = async {
+            let existing = match listed {
+                Some(all) => all.get(&name).cloned(),
+                None => api
+                    .unit(&name)
+                    .await
+                    .with_context(|| format!("error retrieving Unit({name}) from Registry"))?,
+            };
+            if let Some(unit) = existing.as_ref()
+                && !should_create(&mut ui, &arg, &name, unit, replace, command)?
+            {
+                return Ok(Made::Kept(unit.clone()));
             }
             let file = units_io::unit_file_for(api, &arg, replace, &mut ui).await?;
-            create_unit(api, &mut ui, &name, &file).await?;
-            Ok(Some(name))
+            let fresh = fast && existing.is_none();
+            let template = name.parse::<UnitName>().is_ok_and(|n| n.is_template());
+            let desired = command.target().filter(|_| fresh && !template);
+            let unit = create_unit(api, &mut ui, &name, &file, desired).await?;
+            if fresh && (desired.is_some() || command.target().is_none()) {
+                Ok(Made::Created(unit))
+            } else {
+                Ok(Made::Submitted(name))
+            }
         }
         .await;
         (recording, result)
     };
-    let limit = in_flight(args.iter().map(|a| units_io::unit_name(a)));
     let ui = &mut *ctx.ui;
     in_order(args, limit, create, |(recording, result)| {
         ui.replay(&recording)?;
-        created.extend(result?);
+        made.push(result?);
         Ok(())
     })
     .await?;
-    let errors = wait::unit_states(ctx, &created, TargetState::Inactive, budget).await?;
+    let mut known = KnownUnits::new();
+    let mut submitted = Vec::new();
+    for m in made {
+        match m {
+            Made::Kept(unit) => {
+                known.insert(unit.name.clone(), Known::Found(unit));
+            }
+            Made::Created(mut unit) => {
+                let current = if units_io::is_global(&unit) {
+                    String::new()
+                } else {
+                    TargetState::Inactive.to_string()
+                };
+                ctx.ui.say(wait::arrival(&unit.name, &current))?;
+                unit.desired_state = Some(TargetState::Inactive);
+                known.insert(unit.name.clone(), Known::Created(unit));
+            }
+            Made::Submitted(name) => submitted.push(name),
+        }
+    }
+    if !fast {
+        known.clear();
+    }
+    let errors = wait::unit_states(ctx, &submitted, TargetState::Inactive, budget).await?;
     for err in &errors {
         ctx.ui
             .warn(format!("Error waiting on unit creation: {err}"));
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(known)
     } else {
         Err(anyhow!("One or more errors creating units"))
     }
 }
 
-/// Go's `checkUnitCreation`: whether `arg`'s unit must be (re)created.
-async fn should_create<A: FleetApi>(
-    api: &A,
+/// The registry's units by name, from one listing, when there are enough
+/// `wanted` units for that to pay and the listing takes no more requests
+/// than looking each up would; `None` otherwise (and when the listing
+/// fails: the look-ups then report the error).
+async fn list_units<A: FleetApi>(api: &A, wanted: usize) -> Option<HashMap<String, Unit>> {
+    if wanted < wait::LISTING_MIN {
+        return None;
+    }
+    match api.units_within(wanted).await {
+        Ok(units) => units.map(|all| all.into_iter().map(|u| (u.name.clone(), u)).collect()),
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot list units, looking each up");
+            None
+        }
+    }
+}
+
+/// Go's `checkUnitCreation`: whether `arg`'s unit, found in the registry
+/// as `unit`, must be replaced.
+fn should_create(
     ui: &mut Ui,
     arg: &str,
     name: &str,
+    unit: &Unit,
     replace: bool,
     command: CreateFor,
 ) -> anyhow::Result<bool> {
-    let existing = api
-        .unit(name)
-        .await
-        .with_context(|| format!("error retrieving Unit({name}) from Registry"))?;
-    let Some(unit) = existing else {
-        return Ok(true);
-    };
-    let matched = match units_io::compare_local(arg, &unit, replace, ui) {
+    let matched = match units_io::compare_local(arg, unit, replace, ui) {
         Ok(m) => m,
         // Without --replace a local file we cannot read only loses the
         // comparison (and its warning); with it, we cannot tell what to do.
@@ -435,7 +552,8 @@ async fn should_create<A: FleetApi>(
     Ok(false)
 }
 
-/// Validates and submits one unit (Go's `createUnit`): the name and the
+/// Validates and submits one unit (Go's `createUnit`) with the desired
+/// state `desired` (none: inactive), and returns it: the name and the
 /// `[X-Fleet]` combinations must be valid; unknown `[X-Fleet]` keys only
 /// warn.
 async fn create_unit<A: FleetApi>(
@@ -443,7 +561,8 @@ async fn create_unit<A: FleetApi>(
     ui: &mut Ui,
     name: &str,
     file: &units::UnitFile,
-) -> anyhow::Result<()> {
+    desired: Option<TargetState>,
+) -> anyhow::Result<Unit> {
     let unit_name: UnitName = name.parse()?;
     let requirements = units::validate_options(&unit_name, file)?;
     for key in &requirements.unrecognized {
@@ -455,13 +574,14 @@ async fn create_unit<A: FleetApi>(
     let unit = Unit {
         name: name.to_owned(),
         options: units_io::options_of(file),
+        desired_state: desired,
         ..Unit::default()
     };
     api.create_unit(&unit)
         .await
         .with_context(|| format!("failed creating unit {name}"))?;
-    tracing::debug!(unit = %name, "created unit in registry");
-    Ok(())
+    tracing::debug!(unit = %name, ?desired, "created unit in registry");
+    Ok(unit)
 }
 
 /// Splits units into global ones (whose names are returned after printing
@@ -534,7 +654,7 @@ pub async fn schedule<A: FleetApi>(
     if let Some(exit) = require_units(ctx.ui, &args.units) {
         return Ok(ControlFlow::Break(exit));
     }
-    create_units(
+    let known = create_units(
         ctx,
         &args.units,
         args.submit.replace,
@@ -544,7 +664,7 @@ pub async fn schedule<A: FleetApi>(
     .await
     .context("Error creating units")?;
     let names: Vec<String> = args.units.iter().map(|a| units_io::unit_name(a)).collect();
-    let triggered = set_target_states(ctx, &names, state)
+    let triggered = set_target_states(ctx, &names, state, &known)
         .await
         .with_context(|| format!("Error {verb}ing units"))?;
     let waiting = split_global(ctx.ui, &triggered, verb)?;

@@ -238,7 +238,7 @@ async fn has_state<A: FleetApi>(
         Some(s) if !global => s.to_string(),
         _ => String::new(),
     };
-    let mut msg = format!("Unit {name} {current}");
+    let mut msg = arrival(name, &current);
     if !unit.machine_id.is_empty() {
         let machines = ctx.machines().await;
         if machines.contains_key(&unit.machine_id) {
@@ -250,6 +250,12 @@ async fn has_state<A: FleetApi>(
     }
     ctx.ui.say(msg)?;
     Ok(Some(Ok(())))
+}
+
+/// What a wait prints when unit `name` has arrived in its state, `current`
+/// (blank for a global unit), before the machine it is on.
+pub fn arrival(name: &str, current: &str) -> String {
+    format!("Unit {name} {current}")
 }
 
 /// Waits until systemd reports each unit `loaded` and `active` (through

@@ -768,9 +768,20 @@ impl HttpClient {
     where
         T: PageItem + DeserializeOwned,
     {
+        self.get_pages_within(path, MAX_PAGES)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{path}: more than {MAX_PAGES} pages")))
+    }
+
+    /// GETs every page of a listing, as [`HttpClient::get_pages`], unless
+    /// the listing has more than `max_pages` pages: then `None`.
+    async fn get_pages_within<T>(&self, path: &str, max_pages: usize) -> Result<Option<Vec<T>>>
+    where
+        T: PageItem + DeserializeOwned,
+    {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
-        for _ in 0..MAX_PAGES {
+        for _ in 0..max_pages {
             let query: Vec<(&str, &str)> = match &token {
                 Some(t) => vec![("nextPageToken", t.as_str())],
                 None => Vec::new(),
@@ -793,12 +804,10 @@ impl HttpClient {
                     }
                     token = Some(next);
                 }
-                _ => return Ok(items),
+                _ => return Ok(Some(items)),
             }
         }
-        Err(Error::Protocol(format!(
-            "{path}: more than {MAX_PAGES} pages"
-        )))
+        Ok(None)
     }
 
     /// PUTs `unit` to `/units/<name>`; any 2xx is success.
@@ -893,6 +902,10 @@ impl FleetApi for HttpClient {
 
     async fn units(&self) -> Result<Vec<Unit>> {
         self.get_pages("/units").await
+    }
+
+    async fn units_within(&self, max_requests: usize) -> Result<Option<Vec<Unit>>> {
+        self.get_pages_within("/units", max_requests).await
     }
 
     async fn unit_states(&self) -> Result<Vec<UnitState>> {
@@ -1160,6 +1173,26 @@ mod tests {
             "{}",
             seen[1]
         );
+    }
+
+    /// A bounded listing reads every page when there are few enough, and
+    /// gives up after the bound otherwise.
+    #[tokio::test]
+    async fn bounded_listings_stop_at_their_bound() {
+        let first = r#"{"nextPageToken":"p2","units":[{"name":"a.service"}]}"#;
+        let last = r#"{"units":[{"name":"b.service"}]}"#;
+        let (_dir, ep, seen) = serve(vec![
+            json("200 OK", first),
+            json("200 OK", first),
+            json("200 OK", last),
+        ])
+        .await;
+        let c = HttpClient::new(&ep, Duration::from_secs(5)).unwrap();
+        assert!(c.units_within(1).await.unwrap().is_none());
+        assert_eq!(seen.lock().unwrap().len(), 1, "one page read");
+        let units = c.units_within(2).await.unwrap().unwrap();
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a.service", "b.service"]);
     }
 
     #[tokio::test]

@@ -129,6 +129,19 @@ pub trait FleetApi: Send + Sync {
     /// Every unit, sorted by name.
     fn units(&self) -> impl Future<Output = Result<Vec<Unit>>> + Send;
 
+    /// Every unit, as [`FleetApi::units`], if listing them takes at most
+    /// `max_requests` requests; `None` when it would take more, or when the
+    /// client cannot tell what a listing costs (the default). A caller about
+    /// to look up many units one by one reads one listing instead when it
+    /// is cheaper.
+    fn units_within(
+        &self,
+        max_requests: usize,
+    ) -> impl Future<Output = Result<Option<Vec<Unit>>>> + Send {
+        let _ = max_requests;
+        std::future::ready(Ok(None))
+    }
+
     /// Every unit state, sorted by (name, machine).
     fn unit_states(&self) -> impl Future<Output = Result<Vec<UnitState>>> + Send;
 
